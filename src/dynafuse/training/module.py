@@ -1,0 +1,91 @@
+"""The LightningModule every model trains in: task loss + the model's declared terms, valid metrics."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+from .. import losses
+from ..metrics import compute_class_metrics, compute_metrics
+from ..models import create_model
+
+LOWER_IS_BETTER = {"mae", "jump2", "mean_abs_jump", "loss"}
+
+
+def score_metrics(pred: np.ndarray, y: np.ndarray, task: str, value_range: float) -> dict:
+    """The metric suite for a regression run, or 3-class accuracy/F1 for the classification task."""
+    if task == "3class":
+        return compute_class_metrics(pred, losses.score_to_class(torch.as_tensor(y)).numpy() - 1)
+    return compute_metrics(pred, y, value_range=value_range)
+
+
+class LitMSA(L.LightningModule):
+    def __init__(self, model_name: str, input_dims: dict, model_cfg: dict, train_cfg: dict, value_range: float):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_model(model_name, input_dims, model_cfg)
+        self.train_cfg, self.value_range = train_cfg, value_range
+        self.stage = self.model.stages[-1]
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, batch):
+        return self.model(batch)
+
+    def compute_loss(self, out, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        kind, task = self.train_cfg.get("loss", "l1"), self.model.task
+        parts = {"task": losses.task_loss(out.logits, batch.y, task, kind)}
+        total = self.model.task_weight(self.stage) * parts["task"]
+        for name, (weight, term) in self.model.loss_terms().items():
+            if weight:
+                parts[name] = term(out, batch, task=task, kind=kind)
+                total = total + weight * parts[name]
+        return total, parts
+
+    def training_step(self, batch, _):
+        loss, parts = self.compute_loss(self(batch), batch)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch))
+        for k, v in parts.items():
+            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=len(batch))
+        return loss
+
+    def validation_step(self, batch, _):
+        out = self(batch)
+        self._val.append((batch.index, out.pred.detach().float(), batch.y))
+
+    def on_validation_epoch_end(self):
+        idx, pred, y = (torch.cat(t) for t in zip(*self._val))
+        self._val.clear()
+        if self.trainer.world_size > 1:  # every rank saw part of valid: gather, drop sampler padding duplicates
+            idx, pred, y = (self.all_gather(t).flatten() for t in (idx, pred, y))
+        keep = np.unique(idx.cpu().numpy(), return_index=True)[1]
+        m = score_metrics(pred.cpu().numpy()[keep], y.cpu().numpy()[keep], self.model.task, self.value_range)
+        self.log_dict({f"valid/{k}": float(v) for k, v in m.items() if k != "n"}, prog_bar=False)
+        self.log("valid_score", float(m[self.monitor_key()]), prog_bar=True)
+
+    def monitor_key(self) -> str:
+        key = self.train_cfg.get("monitor", "auto")
+        if key == "auto" or (self.model.task == "3class" and key not in ("acc3", "f1_3")):
+            key = "mae" if self.model.task == "regression" else "acc3"
+        return key
+
+    def monitor_mode(self) -> str:
+        return "min" if self.monitor_key() in LOWER_IS_BETTER else "max"
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        backbone = [p for n, p in self.model.named_parameters() if n.startswith("text_backbone.") and p.requires_grad]
+        rest = [p for n, p in self.model.named_parameters() if not n.startswith("text_backbone.") and p.requires_grad]
+        groups = [{"params": rest, "lr": cfg.get("lr", 1e-3)}]
+        if backbone:
+            groups.append({"params": backbone, "lr": cfg.get("backbone_lr", 3e-5)})
+        opt = torch.optim.AdamW(groups, weight_decay=cfg.get("weight_decay", 1e-4))
+        warmup = cfg.get("warmup_ratio", 0.0)
+        if not warmup:
+            return opt
+        # linear warm-up then linear decay, per step (CrossSent / BERT-style fine-tuning)
+        total = max(self.trainer.estimated_stepping_batches, 1)
+        steps = max(int(warmup * total), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / steps, max(0.0, (total - s) / max(total - steps, 1))))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,202 @@
+"""The one trainer: data -> model -> Lightning fit (per declared stage) -> select on valid -> test once.
+
+A run folder holds `config.yaml`, `checkpoints/`, `logs/metrics.csv`, `metrics.json`
+(`{"valid": {...}, "test": {...}}`), `predictions.csv` and `run.json` (timing, sizes, selection).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from ..config import dump
+from ..data import Bundle, SplitDataset, load_dataset
+from ..data.text import attach_text
+from ..errors import ConfigError, DynafuseError
+from ..io import atomic_write, atomic_write_json, atomic_write_text
+from .module import LitMSA, score_metrics
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file and rename, so a kill never leaves a half checkpoint."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_write(path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
+
+
+def prepare_data(cfg: dict) -> Bundle:
+    d = cfg["data"]
+    options = dict(d.get("options") or {})
+    bundle = load_dataset(d["name"], d.get("data_dir"), **options)
+    if d.get("limit"):  # the first N rows of each split: quick smoke runs and tests on real data
+        bundle.splits = {k: s.subset(np.arange(min(len(s), int(d["limit"])))) for k, s in bundle.splits.items()}
+    cache = Path(os.environ.get("DYNAFUSE_CACHE", d.get("cache_dir", ".cache/dynafuse")))
+    return attach_text(bundle, d.get("text", {}), cache)
+
+
+def model_config(cfg: dict) -> dict:
+    """The model's config plus what it needs from the data section (the backbone to fine-tune)."""
+    return {**cfg["model"], "backbone": cfg["data"]["text"].get("backbone")}
+
+
+def loader(bundle: Bundle, split: str, cfg: dict, shuffle: bool) -> torch.utils.data.DataLoader:
+    ds = SplitDataset(bundle.splits[split])
+    return torch.utils.data.DataLoader(ds, batch_size=cfg["data"]["batch_size"], shuffle=shuffle,
+                                       collate_fn=ds.collate, num_workers=cfg["data"].get("num_workers", 0))
+
+
+@torch.inference_mode()
+def predict(lit: LitMSA, dl) -> dict[str, np.ndarray]:
+    """Predictions plus per-sample gate weights, in loader order."""
+    lit.eval()
+    preds, gates = [], {}
+    for batch in dl:
+        out = lit.model(batch)
+        preds.append(out.pred.float().numpy())
+        for name, g in out.gates.items():
+            if g.dim() == 2:
+                gates.setdefault(name, []).append(g.float().numpy())
+    return {"pred": np.concatenate(preds), **{f"gate_{k}": np.concatenate(v) for k, v in gates.items()}}
+
+
+def evaluate(lit: LitMSA, bundle: Bundle, cfg: dict, run_dir: Path) -> dict:
+    """Score valid and test with the selected weights; write metrics.json and predictions.csv atomically."""
+    metrics, rows = {}, []
+    modal_names = lit.model.modalities
+    for split in ("valid", "test"):
+        s = bundle.splits[split]
+        out = predict(lit, loader(bundle, split, cfg, shuffle=False))
+        metrics[split] = score_metrics(out["pred"], s.y, lit.model.task, bundle.value_range)
+        for i in range(len(s)):
+            row = {"split": split, "id": s.ids[i], "label": float(s.y[i]), "prediction": float(out["pred"][i])}
+            for k, g in out.items():
+                if k.startswith("gate_"):
+                    names = modal_names if g.shape[1] == len(modal_names) else range(g.shape[1])
+                    row.update({f"{k}_{n}": round(float(v), 6) for n, v in zip(names, g[i])})
+            rows.append(row)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run_dir / "predictions.csv", buf.getvalue())
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _trainer(cfg: dict, ckpt_dir: Path, run_dir: Path, lit: LitMSA, stage: str) -> tuple[L.Trainer, ModelCheckpoint]:
+    t = cfg["train"]
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="valid_score", mode=lit.monitor_mode(),
+                           save_top_k=1, save_last=True, enable_version_counter=False)
+    callbacks = [ckpt, EarlyStopping("valid_score", patience=t.get("patience", 8), mode=lit.monitor_mode())]
+    if t.get("progress", True):
+        callbacks.append(RichProgressBar())
+    trainer = L.Trainer(
+        max_epochs=t.get("max_epochs", 40), accelerator=t.get("accelerator", "cpu"), devices=t.get("devices", 1),
+        strategy=t.get("strategy", "auto"), precision=t.get("precision", "32-true"), deterministic=True,
+        gradient_clip_val=t.get("grad_clip") or None, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        logger=CSVLogger(run_dir, name="logs", version=stage), enable_progress_bar=t.get("progress", True),
+        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
+    )
+    return trainer, ckpt
+
+
+def _load_weights(lit: LitMSA, path: Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    lit.load_state_dict(state)
+
+
+def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = False) -> dict:
+    """Train one run into `out_dir` and return its metrics; `resume` continues a killed run."""
+    run_dir = Path(out_dir)
+    if (run_dir / "metrics.json").exists() and not force:
+        raise DynafuseError("this run has finished already (use --force to train again, or `dynafuse eval`)", run_dir)
+    if (run_dir / "checkpoints").exists() and not (resume or force):
+        raise DynafuseError("an unfinished run is here: pass --resume to continue it, or --force to start over",
+                            run_dir)
+    if force and not resume:
+        for f in ("metrics.json", "predictions.csv", "run.json"):
+            (run_dir / f).unlink(missing_ok=True)
+        import shutil
+
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    t = cfg["train"]
+    L.seed_everything(t.get("seed", 0), workers=True, verbose=False)
+    devices = t.get("devices", 1) if isinstance(t.get("devices", 1), int) else 1
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(devices, 1)))
+
+    bundle = prepare_data(cfg)
+    lit = LitMSA(cfg["model"]["name"], bundle.input_dims(), model_config(cfg), t, bundle.value_range)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump(cfg))
+    train_dl, valid_dl = loader(bundle, "train", cfg, True), loader(bundle, "valid", cfg, False)
+
+    started, info = time.time(), {"stages": {}}
+    stages = lit.model.stages
+    for stage in stages:
+        ckpt_dir = run_dir / "checkpoints" / (stage if len(stages) > 1 else "")
+        done = ckpt_dir / "done.json"
+        lit.stage = stage
+        lit.model.stage_setup(stage)
+        if done.exists():  # a finished stage of a resumed run: take its selected weights and move on
+            info["stages"][stage] = json.loads(done.read_text())
+            _load_weights(lit, Path(info["stages"][stage]["best"]))
+            continue
+        trainer, ckpt = _trainer(cfg, ckpt_dir, run_dir, lit, stage)
+        last = ckpt_dir / "last.ckpt"
+        s0 = time.time()
+        trainer.fit(lit, train_dl, valid_dl, ckpt_path=str(last) if resume and last.exists() else None)
+        best = Path(ckpt.best_model_path or last)
+        info["stages"][stage] = {"best": str(best), "best_score": float(ckpt.best_model_score or float("nan")),
+                                 "epochs": trainer.current_epoch, "seconds": time.time() - s0}
+        if trainer.is_global_zero:
+            atomic_write_json(done, info["stages"][stage])
+        _load_weights(lit, best)  # the next stage (or the test) starts from the weights valid selected
+        if not trainer.is_global_zero:
+            return {}
+    metrics = evaluate(lit, bundle, cfg, run_dir)
+    n_params = sum(p.numel() for p in lit.model.parameters())
+    info.update(model=cfg["model"]["name"], dataset=cfg["data"]["name"], seed=t.get("seed", 0),
+                params=n_params, trainable_params=sum(p.numel() for p in lit.model.parameters() if p.requires_grad),
+                train_seconds=time.time() - started, input_dims=bundle.input_dims(),
+                value_range=bundle.value_range, monitor=lit.monitor_key(), notes=bundle.notes)
+    atomic_write_json(run_dir / "run.json", info)
+    return metrics
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, LitMSA, Bundle]:
+    """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise DynafuseError("not a run folder (no config.yaml)", run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    info_path = run_dir / "run.json"
+    if not info_path.exists():
+        raise DynafuseError("the run has not finished (no run.json); resume it with --resume", run_dir)
+    info = json.loads(info_path.read_text())
+    best = Path(info["stages"][list(info["stages"])[-1]]["best"])
+    if not best.exists():
+        raise DynafuseError("checkpoint missing", best)
+    bundle = prepare_data(cfg)
+    expected = {k: int(v) for k, v in info["input_dims"].items()}
+    if bundle.input_dims() != expected:
+        raise ConfigError(f"data dims {bundle.input_dims()} do not match the checkpoint's {expected}", best)
+    lit = LitMSA(cfg["model"]["name"], expected, model_config(cfg), cfg["train"], bundle.value_range)
+    _load_weights(lit, best)
+    return cfg, lit, bundle
+
+
+def evaluate_run(run_dir: str | Path) -> dict:
+    cfg, lit, bundle = load_run(run_dir)
+    return evaluate(lit, bundle, cfg, Path(run_dir))

@@ -1,0 +1,56 @@
+"""Shared fixtures: the real data folder (skipped when absent) and small synthetic batches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynafuse.data.core import Batch
+
+REPO = Path(__file__).resolve().parents[1]
+DIMS = {"text": 16, "audio": 8, "vision": 12}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real benchmark data: $DYNAFUSE_DATA, else ../shared/datasets beside the project root."""
+    p = Path(os.environ.get("DYNAFUSE_DATA") or REPO.parent / "shared" / "datasets")
+    if not p.is_dir():
+        pytest.skip(f"real data folder not found at {p}")
+    return p
+
+
+def synthetic_batch(lengths: dict[str, list[int]] | None = None, dims: dict[str, int] | None = None,
+                    seed: int = 0, pad_to: int | None = None, y: list[float] | None = None) -> Batch:
+    """A synthetic Batch (random features, not real data): `lengths[m]` gives each sample's length in m.
+
+    Padded positions hold zeros; the mask is true exactly on the first `length` steps of each row.
+    """
+    dims = dict(DIMS if dims is None else dims)
+    lengths = lengths or {"text": [5, 3, 1, 4, 2], "audio": [2, 6, 4, 1, 3], "vision": [3, 3, 5, 2, 1]}
+    g = torch.Generator().manual_seed(seed)
+    b = len(next(iter(lengths.values())))
+    x, mask = {}, {}
+    for m, d in dims.items():
+        n = torch.tensor(lengths[m])
+        t = max(pad_to or 0, int(n.max()), 1)
+        mask[m] = torch.arange(t)[None, :] < n[:, None]
+        x[m] = torch.randn(b, t, d, generator=g) * mask[m].unsqueeze(-1)
+    y_t = torch.tensor(y, dtype=torch.float32) if y is not None else torch.rand(b, generator=g) * 6 - 3
+    return Batch(x=x, mask=mask, y=y_t, index=torch.arange(b))
+
+
+@pytest.fixture
+def make_batch():
+    """Factory for synthetic batches (see `synthetic_batch`)."""
+    return synthetic_batch
+
+
+@pytest.fixture
+def batch() -> Batch:
+    """A synthetic batch of 5 samples with different lengths per modality, every modality present."""
+    return synthetic_batch()

@@ -1,0 +1,294 @@
+"""Model contract on synthetic batches: shapes, masks, missing modalities, gradients, fusion rules, losses.
+
+Every batch here is synthetic (random features from `conftest.synthetic_batch`), not real data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from dynafuse import losses
+from dynafuse.data.core import Batch
+from dynafuse.errors import ConfigError
+from dynafuse.models import ModelOutput, create_model, list_models
+
+from conftest import DIMS, synthetic_batch
+
+MODELS = sorted(list_models())
+TASKS = ("regression", "3class")
+CFG = {"d_model": 16, "heads": 4, "layers": 1, "dropout": 0.1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny synthetic models run fastest on one thread, and do not stall when other jobs share the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def build(name: str, task: str = "regression", seed: int = 0, **cfg):
+    torch.manual_seed(seed)
+    return create_model(name, DIMS, {**CFG, "task": task, **cfg})
+
+
+def total_loss(model, out, batch, task):
+    loss = losses.task_loss(out.logits, batch.y, task, "l1")
+    for weight, term in model.loss_terms().values():
+        loss = loss + weight * term(out, batch, task=task, kind="l1")
+    return loss
+
+
+def with_garbage_padding(batch: Batch, extra: int = 3, seed: int = 1) -> Batch:
+    """The same synthetic batch with `extra` more padding steps and random garbage in every padded position."""
+    g = torch.Generator().manual_seed(seed)
+    x, mask = {}, {}
+    for m, v in batch.x.items():
+        b, t, d = v.shape
+        mk = torch.cat([batch.mask[m], torch.zeros(b, extra, dtype=torch.bool)], dim=1)
+        garbage = torch.randn(b, t + extra, d, generator=g) * 100
+        xv = torch.cat([v, torch.zeros(b, extra, d)], dim=1)
+        x[m] = torch.where(mk.unsqueeze(-1), xv, garbage)
+        mask[m] = mk
+    return Batch(x=x, mask=mask, y=batch.y, index=batch.index, y_uni=batch.y_uni)
+
+
+def drop(batch: Batch, modality: str, rows) -> Batch:
+    """Mark `modality` missing (all-false mask row) for the given samples; the features stay as garbage."""
+    mask = {m: v.clone() for m, v in batch.mask.items()}
+    mask[modality][rows] = False
+    return Batch(x=batch.x, mask=mask, y=batch.y, index=batch.index, y_uni=batch.y_uni)
+
+
+def test_registry_lists_the_2501_models():
+    assert {"early_fusion", "late_fusion", "attention_fusion", "unimodal_text", "unimodal_audio",
+            "unimodal_vision"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shapes(name, task, batch):
+    """Synthetic batch of 5 with different lengths per sample: pred (B,), logits (B, 1 or 3), finite."""
+    model = build(name, task)
+    out = model(batch)
+    assert isinstance(out, ModelOutput)
+    assert out.pred.shape == (5,)
+    assert out.logits.shape == (5, 1 if task == "regression" else 3)
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.pred.float()).all()
+    if task == "3class":
+        assert set(out.pred.tolist()) <= {-1, 0, 1}
+    else:
+        torch.testing.assert_close(out.pred, out.logits.squeeze(-1))
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", MODELS)
+def test_padding_is_ignored(name, task, batch):
+    """Synthetic batch: extra padding steps with garbage values under a false mask change nothing."""
+    model = build(name, task).eval()
+    padded = with_garbage_padding(batch)
+    with torch.no_grad():
+        a, b = model(batch), model(padded)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    assert torch.allclose(a.pred.float(), b.pred.float(), atol=1e-5)
+    with torch.enable_grad():  # the autograd path (no fused fast path) must agree too
+        c = model(padded)
+    assert torch.allclose(a.logits, c.logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", MODELS)
+def test_missing_modality_is_finite(name, task, batch):
+    """Synthetic batch: audio missing for some samples, then audio and vision missing for the whole batch."""
+    model = build(name, task).eval()
+    some = drop(batch, "audio", [1, 3])
+    none = drop(drop(batch, "audio", slice(None)), "vision", slice(None))
+    everything = drop(none, "text", [0])  # sample 0 has nothing at all
+    with torch.no_grad():
+        for b in (some, none, everything):
+            out = model(b)
+            assert torch.isfinite(out.logits).all()
+            assert torch.isfinite(out.pred.float()).all()
+    model.train()
+    out = model(some)
+    total_loss(model, out, some, task).backward()  # a missing modality must not make the gradients NaN
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", MODELS)
+def test_missing_modality_ignores_its_features(name, task, batch):
+    """Synthetic batch: a sample's features under an all-false mask do not change its prediction."""
+    model = build(name, task).eval()
+    missing = drop(batch, "audio", [1, 3])
+    scrambled = Batch(x={**missing.x, "audio": torch.randn_like(missing.x["audio"]) * 50}, mask=missing.mask,
+                      y=batch.y, index=batch.index)
+    with torch.no_grad():
+        a, b = model(missing), model(scrambled)
+    rows = [1, 3] if "audio" in model.modalities else list(range(5))
+    assert torch.allclose(a.logits[rows], b.logits[rows], atol=1e-5)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name, task, batch):
+    """Synthetic batch with every modality present: the task loss plus the model's own loss terms reach
+    every trainable parameter (attention fusion included), with finite gradients."""
+    model = build(name, task).train()
+    out = model(batch)
+    total_loss(model, out, batch, task).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    no_grad = [n for n, p in trainable if p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+    bad = [n for n, p in trainable if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad}"
+
+
+def test_attention_gates_are_a_softmax_over_present_modalities(batch):
+    """Synthetic batch with audio missing for samples 1 and 3."""
+    model = build("attention_fusion").eval()
+    b = drop(batch, "audio", [1, 3])
+    with torch.no_grad():
+        out = model(b)
+    gates = out.gates["modality"]
+    assert gates.shape == (5, 3)  # text, audio, vision
+    assert model.modalities == ["text", "audio", "vision"]
+    present = torch.stack([b.present(m) for m in model.modalities], 1)
+    assert (gates >= 0).all()
+    torch.testing.assert_close((gates * present).sum(1), torch.ones(5))
+    assert gates[[1, 3], 1].abs().max() < 1e-6
+    assert (gates[[0, 2, 4], 1] > 0).all()
+
+
+def test_attention_gates_with_all_present(batch):
+    model = build("attention_fusion").eval()
+    with torch.no_grad():
+        gates = model(batch).gates["modality"]
+    torch.testing.assert_close(gates.sum(1), torch.ones(5))
+    assert (gates > 0).all()
+
+
+class Constant(nn.Module):
+    """A stand-in head: the same logits for every sample."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(logits, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_late_fusion_majority_vote(batch):
+    """Synthetic batch: two heads mildly positive, one confidently negative -> the vote says positive,
+    although the mean probability favours negative."""
+    model = build("late_fusion", "3class").eval()
+    model.heads = nn.ModuleDict({"text": Constant([0.0, 0.0, 0.5]), "audio": Constant([0.0, 0.0, 0.5]),
+                                 "vision": Constant([20.0, 0.0, 0.0])})
+    with torch.no_grad():
+        out = model(batch)
+    assert out.pred.tolist() == [1] * 5
+    mean_prob = out.logits.exp()
+    assert (mean_prob[:, 0] > mean_prob[:, 2]).all()  # the mean probability alone would say negative
+    torch.testing.assert_close(mean_prob.sum(1), torch.ones(5))
+    # with vision missing, the two positive heads are the only voters; with only vision, negative
+    b = drop(batch, "vision", [0])
+    b = drop(drop(b, "text", [1]), "audio", [1])
+    with torch.no_grad():
+        out = model(b)
+    assert out.pred.tolist() == [1, -1, 1, 1, 1]
+
+
+def test_late_fusion_regression_is_the_mean_over_present_modalities(batch):
+    """Synthetic batch with audio missing for samples 1 and 3."""
+    model = build("late_fusion").eval()
+    b = drop(batch, "audio", [1, 3])
+    with torch.no_grad():
+        out = model(b)
+    assert set(out.unimodal) == {"text", "audio", "vision"}
+    uni = torch.stack([out.unimodal[m].squeeze(-1) for m in model.modalities], 1)  # (B, M)
+    present = torch.stack([b.present(m) for m in model.modalities], 1).float()
+    expected = (uni * present).sum(1) / present.sum(1)
+    torch.testing.assert_close(out.pred, expected)
+    torch.testing.assert_close(out.pred[1], (uni[1, 0] + uni[1, 2]) / 2)
+    torch.testing.assert_close(out.pred[0], uni[0].mean())
+
+
+def test_late_fusion_declares_its_unimodal_loss():
+    terms = build("late_fusion").loss_terms()
+    assert "unimodal" in terms and terms["unimodal"][1] is losses.unimodal_task_loss
+    assert build("early_fusion").loss_terms() == {}
+
+
+def test_unimodal_models_use_one_modality():
+    for m in ("text", "audio", "vision"):
+        model = build(f"unimodal_{m}")
+        assert model.modalities == [m]
+        assert list(model.encoders.enc) == [m]
+
+
+def test_create_model_errors():
+    with pytest.raises(ConfigError):
+        create_model("no_such_model", DIMS, CFG)
+    with pytest.raises(ConfigError):
+        create_model("unimodal_audio", {"text": 16, "vision": 12}, CFG)
+    with pytest.raises(ConfigError):
+        create_model("early_fusion", DIMS, {**CFG, "task": "5class"})
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def test_task_loss_regression_by_hand():
+    logits = torch.tensor([[1.0], [-2.0], [0.5]])
+    y = torch.tensor([0.0, 1.0, 0.5])
+    assert losses.task_loss(logits, y, "regression", "l1").item() == pytest.approx((1 + 3 + 0) / 3)
+    assert losses.task_loss(logits, y, "regression", "mse").item() == pytest.approx((1 + 9 + 0) / 3)
+
+
+def test_task_loss_3class_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    y = torch.tensor([-2.0, 0.7])  # classes 0 and 2
+    expected = -(torch.log_softmax(logits[0], 0)[0] + math.log(1 / 3)) / 2
+    assert losses.task_loss(logits, y, "3class").item() == pytest.approx(expected.item())
+
+
+def test_score_to_class():
+    y = torch.tensor([-3, -0.6, -0.5, 0, 0.49, 0.5, 2])
+    assert losses.score_to_class(y).tolist() == [0, 0, 1, 1, 1, 2, 2]
+
+
+def test_unimodal_task_loss_uses_unimodal_labels_with_fallback():
+    """Synthetic outputs: y_text is used where known, the main label where it is NaN; audio (no
+    unimodal label) uses the main label on the samples that have audio."""
+    y = torch.tensor([1.0, 2.0, -1.0])
+    text = torch.tensor([[0.0], [0.0], [0.0]])
+    audio = torch.tensor([[1.0], [5.0], [0.0]])
+    out = ModelOutput(pred=torch.zeros(3), logits=torch.zeros(3, 1), unimodal={"text": text, "audio": audio})
+    mask = {"text": torch.ones(3, 2, dtype=torch.bool), "audio": torch.tensor([[True], [False], [True]])}
+    batch = Batch(x={}, mask=mask, y=y, index=torch.arange(3),
+                  y_uni={"y_text": torch.tensor([0.5, float("nan"), -0.25])})
+    text_loss = (0.5 + 2.0 + 0.25) / 3  # |0 - 0.5|, |0 - 2| (fallback), |0 + 0.25|
+    audio_loss = (0.0 + 1.0) / 2  # samples 0 and 2 only: |1 - 1|, |0 + 1|
+    got = losses.unimodal_task_loss(out, batch, task="regression", kind="l1")
+    assert got.item() == pytest.approx((text_loss + audio_loss) / 2)
+    assert torch.isfinite(got)
+
+
+def test_unimodal_task_loss_with_nothing_present():
+    out = ModelOutput(pred=torch.zeros(2), logits=torch.zeros(2, 1, requires_grad=True),
+                      unimodal={"audio": torch.zeros(2, 1)})
+    batch = Batch(x={}, mask={"audio": torch.zeros(2, 1, dtype=torch.bool)}, y=torch.ones(2), index=torch.arange(2))
+    assert losses.unimodal_task_loss(out, batch).item() == 0.0
+
+
+def test_synthetic_batch_fixture_shape(make_batch):
+    b = make_batch(pad_to=9)
+    assert all(v.shape[:2] == (5, 9) for v in b.x.values())
+    assert b.mask["text"].sum(1).tolist() == [5, 3, 1, 4, 2]
