@@ -292,3 +292,42 @@ def test_synthetic_batch_fixture_shape(make_batch):
     b = make_batch(pad_to=9)
     assert all(v.shape[:2] == (5, 9) for v in b.x.values())
     assert b.mask["text"].sum(1).tolist() == [5, 3, 1, 4, 2]
+
+
+# ---- loss terms shared by the dynamic-fusion models (hand-computed cases) ----
+from dynafuse import losses as L  # noqa: E402
+
+
+def test_mpr_counts_only_pairs_above_threshold_with_adaptive_margin():
+    y = torch.tensor([2.0, 0.0, 0.2])
+    # pairs with gap > 0.5: (0,1) gap 2.0, (0,2) gap 1.8; (2,1) gap 0.2 is a near-tie and ignored
+    p = torch.tensor([1.0, 0.0, 0.9])
+    # margins 0.1*2.0=0.2 and 0.1*1.8=0.18; prediction gaps 1.0 and 0.1 -> losses 0 and 0.08
+    assert L.mpr_loss(p, y, threshold=0.5, margin_scale=0.1).item() == pytest.approx(0.04)
+    # reversed order is penalised by the gap plus the margin
+    p_rev = torch.tensor([0.0, 1.0, 0.0])
+    # pair (0,1): 0.2 - (0-1) = 1.2; pair (0,2): 0.18 - 0 = 0.18 -> mean 0.69
+    assert L.mpr_loss(p_rev, y, threshold=0.5, margin_scale=0.1).item() == pytest.approx(0.69)
+    assert L.mpr_loss(p, torch.zeros(3)).item() == 0.0
+
+
+def test_eioi_zero_inside_band_excess_outside():
+    y = torch.tensor([0.0, 1.0, -1.0])
+    assert L.eioi_loss(torch.tensor([0.2, 0.8, -1.25]), y, tolerance=0.25).item() == 0.0
+    # |errors| 1.0, 0.5, 0.0 -> excess 0.75, 0.25, 0 -> mean 1/3
+    assert L.eioi_loss(torch.tensor([1.0, 1.5, -1.0]), y, tolerance=0.25).item() == pytest.approx(1 / 3)
+
+
+def test_info_nce_prefers_the_positive_pair():
+    a = torch.eye(4)
+    assert L.info_nce(a, a, temperature=0.1) < L.info_nce(a, a.roll(1, 0), temperature=0.1)
+    # hand computation, 2 samples, orthogonal unit vectors, t=1: -log(e / (e + 1))
+    two = torch.eye(2)
+    assert L.info_nce(two, two, temperature=1.0).item() == pytest.approx(-math.log(math.e / (math.e + 1)))
+    assert L.info_nce(two, two, valid=torch.tensor([True, False])).item() == 0.0
+
+
+def test_cosine_ramp():
+    assert L.cosine_ramp(0.0, 0.3) == 0.0
+    assert L.cosine_ramp(0.15, 0.3) == pytest.approx(0.5)
+    assert L.cosine_ramp(0.5, 0.3) == 1.0

@@ -42,8 +42,19 @@ def parse_overrides(items: list[str]) -> dict:
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _value(raw)
     return out
+
+
+def _value(raw: str):
+    """YAML value, except that `3e-4` is a number (YAML 1.1 would read it as a string)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def dataset_preset_name(dataset: str) -> str:

@@ -71,6 +71,20 @@ class Split:
                 raise DataError(f"{k} lengths out of range [0, {width}]", source)
 
 
+def feature_stats(split: Split, m: str, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std over the valid steps of modality m (chunked: features may be memory-mapped)."""
+    feats, lengths = split.features[m], split.lengths[m]
+    total, sq, n = 0.0, 0.0, 0
+    for s in range(0, len(feats), chunk):
+        x = np.asarray(feats[s:s + chunk], dtype=np.float64)
+        valid = np.arange(x.shape[1])[None, :] < lengths[s:s + chunk, None]
+        v = x[valid]
+        total, sq, n = total + v.sum(0), sq + (v ** 2).sum(0), n + len(v)
+    mean = total / max(n, 1)
+    std = np.sqrt(np.maximum(sq / max(n, 1) - mean ** 2, 0.0))
+    return mean.astype(np.float32), np.where(std < 1e-6, 1.0, std).astype(np.float32)
+
+
 @dataclass
 class Bundle:
     """A dataset ready for training: named splits plus what a model needs to know about it."""
@@ -89,6 +103,10 @@ class Bundle:
     @property
     def modalities(self) -> list[str]:
         return [m for m in ("text", "audio", "vision") if m in self.reference.features]
+
+    def feature_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Train-split mean/std of every float modality (token ids have none)."""
+        return {m: feature_stats(self.reference, m) for m, d in self.input_dims().items() if d}
 
     def input_dims(self) -> dict[str, int]:
         """Feature dim per modality; text given as token ids reports 0 (the model's backbone decides)."""

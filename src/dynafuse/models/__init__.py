@@ -1,6 +1,13 @@
-"""Models: the registry and one file per model family. Importing this package registers them all."""
+"""Models: the one registry and one file per model family. Importing this package registers every family:
+each module in this folder is imported, so there is no hand-kept list of models to fall out of sync."""
 
-from . import fusion_2501_08085  # noqa: F401  (registers the models)
+import importlib
+import pkgutil
+
 from .base import MODELS, ModelOutput, MSAModel, create_model, list_models, register_model
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in ("base", "blocks"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["MODELS", "ModelOutput", "MSAModel", "create_model", "list_models", "register_model"]

@@ -73,6 +73,14 @@ class MSAModel(nn.Module):
         if not self.modalities:
             raise ConfigError(f"model needs one of {list(wanted)} but the data has {list(input_dims)}")
         self.input_dims = {m: input_dims[m] for m in self.modalities}
+        # Train-split feature statistics live in the model, so a checkpoint standardises new clips the same way.
+        self.standardize = cfg.get("standardize", True)
+        for m, d in self.input_dims.items():
+            if d:
+                self.register_buffer(f"mean_{m}", torch.zeros(d))
+                self.register_buffer(f"std_{m}", torch.ones(d))
+        self.progress = 0.0  # share of training done; the trainer updates it every epoch
+        self.stage = self.stages[-1]
         self.text_backbone = None
         if self.input_dims.get("text") == 0:  # token ids: this model runs (and fine-tunes) the backbone
             self.text_backbone = TextBackbone(cfg.get("backbone"), cfg.get("finetune_layers"))
@@ -85,8 +93,17 @@ class MSAModel(nn.Module):
             x, mask = batch.x[m], batch.mask[m]
             if m == "text" and self.text_backbone is not None:
                 x = self.text_backbone(x, mask)
+            elif self.standardize:
+                x = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}") * mask.unsqueeze(-1)
             out[m] = (x, mask)
         return out
+
+    def set_feature_stats(self, stats: dict) -> None:
+        """Store train-split (mean, std) per modality; called once by the trainer before fitting."""
+        for m, (mean, std) in stats.items():
+            if hasattr(self, f"mean_{m}"):
+                getattr(self, f"mean_{m}").copy_(torch.as_tensor(mean))
+                getattr(self, f"std_{m}").copy_(torch.as_tensor(std))
 
     def to_pred(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.squeeze(-1) if self.task == "regression" else logits.argmax(-1) - 1
@@ -99,4 +116,5 @@ class MSAModel(nn.Module):
         return 1.0
 
     def stage_setup(self, stage: str) -> None:
-        """Called by the trainer before each declared stage (freeze/unfreeze parts)."""
+        """Called by the trainer before each declared stage; override to freeze or unfreeze parts."""
+        self.stage = stage

@@ -85,3 +85,54 @@ class TextBackbone(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of a query sequence over a key/value sequence, with a residual and LayerNorm.
+
+    Query rows whose keys are all masked (the other modality is missing) get their input back unchanged.
+    Returns the updated query (B, Tq, d) and the attention weights (B, Tq, Tk), averaged over heads.
+    """
+
+    def __init__(self, d_model: int, heads: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        has_keys = kv_mask.any(1)
+        safe = kv_mask.clone()
+        safe[~has_keys, 0] = True
+        h, w = self.attn(q, kv, kv, key_padding_mask=~safe, need_weights=True)
+        h = h * has_keys[:, None, None]  # nothing to attend to: no update
+        return self.norm(q + h), w * has_keys[:, None, None]
+
+
+class SoftmaxGate(nn.Module):
+    """Input-conditioned weights over n options: softmax(W x). Masked options get weight 0."""
+
+    def __init__(self, d_in: int, n: int):
+        super().__init__()
+        self.proj = nn.Linear(d_in, n)
+
+    def forward(self, x: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.proj(x)
+        if available is not None:
+            avail = available.clone()
+            avail[~avail.any(-1)] = True  # nothing available: spread evenly rather than NaN
+            logits = logits.masked_fill(~avail, float("-inf"))
+        return logits.softmax(-1)
+
+
+class Adapter(nn.Module):
+    """Residual bottleneck adapter (Houlsby et al.): x + up(GELU(down(x)))."""
+
+    def __init__(self, d_model: int, bottleneck: int = 32, dropout: float = 0.1):
+        super().__init__()
+        self.down, self.up = nn.Linear(d_model, bottleneck), nn.Linear(bottleneck, d_model)
+        self.drop = nn.Dropout(dropout)
+        nn.init.zeros_(self.up.weight)  # starts as the identity, so a pretrained backbone is undisturbed
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.drop(nn.functional.gelu(self.down(x))))

@@ -42,6 +42,10 @@ class LitMSA(L.LightningModule):
                 total = total + weight * parts[name]
         return total, parts
 
+    def on_train_epoch_start(self):
+        # Training progress in [0, 1), for schedules inside models (e.g. CrossSent's cosine ramp-up).
+        self.model.progress = self.current_epoch / max(1, self.trainer.max_epochs or 1)
+
     def training_step(self, batch, _):
         loss, parts = self.compute_loss(self(batch), batch)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch))

@@ -112,9 +112,13 @@ def _trainer(cfg: dict, ckpt_dir: Path, run_dir: Path, lit: LitMSA, stage: str) 
     return trainer, ckpt
 
 
-def _load_weights(lit: LitMSA, path: Path) -> None:
+def _load_weights(lit: LitMSA, path: Path, strict: bool = True) -> None:
+    if not Path(path).exists():
+        raise DynafuseError("no such checkpoint", path)
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    lit.load_state_dict(state)
+    result = lit.load_state_dict(state, strict=strict)
+    if not strict and result.unexpected_keys:
+        raise ConfigError(f"checkpoint does not fit this model: unexpected weights {result.unexpected_keys[:3]}", path)
 
 
 def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = False) -> dict:
@@ -138,6 +142,9 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
 
     bundle = prepare_data(cfg)
     lit = LitMSA(cfg["model"]["name"], bundle.input_dims(), model_config(cfg), t, bundle.value_range)
+    lit.model.set_feature_stats(bundle.feature_stats())
+    if t.get("init_from"):  # e.g. KuDA's saved stage-1 weights, reused with train.skip_stages=[unimodal]
+        _load_weights(lit, Path(t["init_from"]), strict=False)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump(cfg))
     train_dl, valid_dl = loader(bundle, "train", cfg, True), loader(bundle, "valid", cfg, False)
@@ -145,6 +152,8 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
     started, info = time.time(), {"stages": {}}
     stages = lit.model.stages
     for stage in stages:
+        if stage in (t.get("skip_stages") or []):
+            continue
         ckpt_dir = run_dir / "checkpoints" / (stage if len(stages) > 1 else "")
         done = ckpt_dir / "done.json"
         lit.stage = stage
