@@ -149,11 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also sit between or after options (argparse stops collecting them at an option)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         args.fn(args)
     except DynafuseError as e:
         print(f"dynafuse: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permission denied, ...: say which file, no traceback
+        print(f"dynafuse: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dynafuse: interrupted (resume with --resume)", file=sys.stderr)

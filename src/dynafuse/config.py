@@ -62,6 +62,10 @@ def dataset_preset_name(dataset: str) -> str:
 
 
 def build_config(model: str, dataset: str, overrides: list[str] | dict | None = None, config_file=None) -> dict:
+    from .models import MODELS
+
+    if model not in MODELS:  # fail before any data is loaded or encoded
+        raise ConfigError(f"unknown model {model!r}; known: {sorted(MODELS)}")
     cfg = _read(PRESETS / "defaults.yaml")
     cfg = merge(cfg, _read(PRESETS / "datasets" / f"{dataset_preset_name(dataset)}.yaml"))
     cfg = merge(cfg, _read(PRESETS / "models" / f"{model}.yaml"))

@@ -14,6 +14,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
+def masked_softmax(logits: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """Softmax over the available options only; a row with none gets uniform weights (never NaN)."""
+    none = ~available.any(-1, keepdim=True)
+    return logits.masked_fill(~available, float("-inf")).masked_fill(none, 0.0).softmax(-1)
+
+
 class SinusoidalPositions(nn.Module):
     """Fixed sine/cosine positional encoding (Vaswani et al.), added to the projected inputs."""
 
@@ -117,11 +123,7 @@ class SoftmaxGate(nn.Module):
 
     def forward(self, x: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.proj(x)
-        if available is not None:
-            avail = available.clone()
-            avail[~avail.any(-1)] = True  # nothing available: spread evenly rather than NaN
-            logits = logits.masked_fill(~avail, float("-inf"))
-        return logits.softmax(-1)
+        return logits.softmax(-1) if available is None else masked_softmax(logits, available)
 
 
 class Adapter(nn.Module):

@@ -138,7 +138,9 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
     t = cfg["train"]
     L.seed_everything(t.get("seed", 0), workers=True, verbose=False)
     devices = t.get("devices", 1) if isinstance(t.get("devices", 1), int) else 1
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(devices, 1)))
+    # One process per device shares the cores; on a busy machine DYNAFUSE_THREADS=1 avoids oversubscription.
+    threads = t.get("threads") or os.environ.get("DYNAFUSE_THREADS") or (os.cpu_count() or 1) // max(devices, 1)
+    torch.set_num_threads(max(1, int(threads)))
 
     bundle = prepare_data(cfg)
     lit = LitMSA(cfg["model"]["name"], bundle.input_dims(), model_config(cfg), t, bundle.value_range)

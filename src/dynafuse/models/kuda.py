@@ -1,0 +1,370 @@
+"""KuDA: Knowledge-Guided Dynamic Modality Attention Fusion (Feng et al., EMNLP Findings 2024, arXiv 2410.04491).
+
+Two stages, run in order by one `dynafuse train --model kuda`:
+
+1. "unimodal", knowledge injection (Sec. 3.2). Each modality has an encoder, a stack of adapters plugged outside
+   it (adapter i reads the running knowledge plus the encoder's i-th hidden state), and a decoder that predicts
+   that modality's own sentiment. The loss is the unimodal task loss on `label_T/A/V` where the data has them
+   (SIMSv2), the multimodal label elsewhere; the multimodal task loss has weight 0.
+2. "fusion". The unimodal predictions become sentiment ratios R_m (Sec. 3.3, exp(-k x) normalised), which weight
+   each modality's cross-modal attention output inside `fusion_layers` dynamic attention fusion blocks. The
+   correlation-estimation loss (CPC / InfoNCE, Sec. 3.4) ties the fused representation to each unimodal one.
+   Loss = task + alpha * CE. As in the reference code, the adapters and decoders are frozen and the encoders
+   keep training (`freeze: knowledge`).
+
+Text. By default the data gives frozen MiniLM token states. Then the text encoder is a trainable ModalityEncoder
+with adapters over its layers, the same as audio and vision. The preset uses this path because it is cheap on a
+CPU. With `data.text.finetune=true` (token ids), the MiniLM backbone runs inside the model but stays frozen, as
+KuDA freezes BERT. The text adapters read the backbone's intermediate layers (the reference reads BERT layers
+3/6/9/11). No gradient goes through the backbone: it costs its forward pass (~20 s/epoch on MOSI) and saves the
+~60 s/epoch backward that fine-tuning needs.
+
+Where this departs from the reference code (MKMaS-GUET/KuDA), and why:
+- The sentiment score that x is measured against. The reference uses x_m = (s_m - y)^2 with the ground-truth
+  multimodal label y while training, and uses no ratios at test time. Here s_M comes from a small head on the
+  knowledge states, trained in stage 1 (`ratio_reference: estimate`), and is used the same way when training
+  and testing. `ratio_reference: label` gives the reference's behaviour (label when training, the estimate when
+  evaluating). `consensus` gives the mean unimodal score; with two modalities every ratio is then 0.5.
+- The reference scales each cross-attention output by (1 + R_m) *before* a per-modality LayerNorm. LayerNorm
+  removes a per-sample scale, so there its ratios change nothing. Here the weight is applied after the norm.
+- Length alignment. The reference maps every modality onto the text length with a Linear over time steps
+  (fixed lengths, no masks). Here a few learned query tokens attend to each modality under its mask.
+- The adapters are blocks.Adapter (a bottleneck MLP). The reference adapter has a 2-layer transformer inside.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import losses
+from ..errors import ConfigError
+from .base import ModelOutput, MSAModel, register_model
+from .blocks import Adapter, CrossAttention, Head, ModalityEncoder, masked_mean, masked_softmax
+
+
+def encoder_states(enc: ModalityEncoder, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """Run a ModalityEncoder. Return its output and its hidden states: the embedded input, then each layer's output."""
+    states: list[torch.Tensor] = []
+    keep = lambda _mod, _inp, out: states.append(out)  # noqa: E731
+    hooks = [enc.pos.register_forward_hook(keep)] + [la.register_forward_hook(keep) for la in enc.transformer.layers]
+    try:
+        seq, _ = enc(x, mask)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seq, states
+
+
+class KnowledgeInjection(nn.Module):
+    """Sec. 3.2 adapters, plugged outside an encoder and stacked.
+
+    K_1 = A_1(LN(h_0 + h_1)) and K_i = A_i(LN(K_{i-1} + h_i)), where h_i is the encoder's i-th tapped hidden state.
+    """
+
+    def __init__(self, d: int, n: int, bottleneck: int, dropout: float):
+        super().__init__()
+        self.adapters = nn.ModuleList(Adapter(d, bottleneck, dropout) for _ in range(n))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        k = taps[0]
+        for tap, adapter in zip(taps[1:], self.adapters):
+            k = adapter(self.norm(k + tap))
+        return k
+
+
+class UnimodalKnowledgeEncoder(nn.Module):
+    """Sec. 3.2 for one modality: encoder -> adapters -> U_m = [specific; injected knowledge] -> decoder.
+
+    The decoder (mean-pooled U_m -> the modality's sentiment) is the unimodal prediction behind the ratios.
+    `external=True` means a frozen backbone has already encoded the input and supplies the taps.
+    `knowledge=False` (the ablation) keeps only the encoder.
+    """
+
+    def __init__(self, d_in: int, cfg: dict, out_dim: int, external: bool = False, knowledge: bool = True):
+        super().__init__()
+        d, drop = d_in if external else cfg.get("d_model", 64), cfg.get("dropout", 0.1)
+        self.encoder = None if external else ModalityEncoder(d_in, d, cfg.get("layers", 1), cfg.get("heads", 4), drop)
+        n = cfg.get("text_adapters", 3) if external else cfg.get("layers", 1)  # one adapter per tapped layer
+        self.inject = KnowledgeInjection(d, n, cfg.get("adapter_bottleneck", 32), drop) if knowledge else None
+        self.decoder = Head(2 * d, out_dim, hidden=d // 2, dropout=drop) if knowledge else None
+        self.out_dim = 2 * d if knowledge else d
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, taps: list | None = None):
+        """-> U_m (B, T, out_dim) zero on padding, its masked mean (B, out_dim), unimodal logits (B, out) or None."""
+        spec = x
+        if self.encoder is not None:
+            spec, taps = encoder_states(self.encoder, x, mask)
+        parts = [spec] if self.inject is None else [spec, self.inject(taps)]
+        u = torch.cat(parts, -1) * mask.unsqueeze(-1)
+        pooled = masked_mean(u, mask)
+        return u, pooled, None if self.decoder is None else self.decoder(pooled)
+
+
+def sentiment_ratio(scores: torch.Tensor, reference: torch.Tensor, present: torch.Tensor, k: float) -> torch.Tensor:
+    """Sec. 3.3 sentiment ratio: R_m = exp(-k x_m) / sum_j exp(-k x_j), with x_m = (s_m - s_M)^2.
+
+    The sum runs over present modalities. The reference code squares the gap between the unimodal score and the
+    multimodal one. scores (B, M), reference (B,), present (B, M) bool -> (B, M) that sums to 1 over present
+    modalities. Absent modalities get 0, and a sample with none gets uniform weights.
+    """
+    x = (scores - reference.unsqueeze(-1)) ** 2
+    return masked_softmax(-k * x, present)  # exp(-k x) normalised over the present modalities
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * d, d),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ModalityCrossTransformer(nn.Module):
+    """The multimodal sequence attends to one modality, then a feed-forward layer (the reference's CrossTransformer)."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.attn = CrossAttention(d, heads, dropout)
+        self.ffn = FeedForward(d, dropout)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, f: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c, w = self.attn(f, h, mask)
+        return self.norm(c + self.ffn(c)), w
+
+
+class DynamicAttentionBlock(nn.Module):
+    """Sec. 3.3, one dynamic attention fusion layer:
+
+    F' = LN(F + LN(sum_m p_m (1 + R_m) LN_m(CrossTrans_m(F, H_m)))), then self-attention and feed-forward, each
+    with a residual. p_m is 1 when the modality is present, so a missing modality adds nothing.
+    """
+
+    def __init__(self, modalities: list[str], d: int, heads: int, dropout: float):
+        super().__init__()
+        self.modalities = modalities
+        self.cross = nn.ModuleDict({m: ModalityCrossTransformer(d, heads, dropout) for m in modalities})
+        self.norm_m = nn.ModuleDict({m: nn.LayerNorm(d) for m in modalities})
+        self.mix_norm, self.norm1, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.drop = nn.Dropout(dropout)
+        self.self_attn = CrossAttention(d, heads, dropout)
+        self.ffn = FeedForward(d, dropout)
+
+    def forward(self, f: torch.Tensor, seqs: dict, masks: dict, weights: torch.Tensor):
+        mix, attn = 0.0, {}
+        for i, m in enumerate(self.modalities):
+            c, attn[m] = self.cross[m](f, seqs[m], masks[m])
+            mix = mix + weights[:, i, None, None] * self.norm_m[m](c)  # after the norm, so the ratio's scale survives
+        f = self.norm1(f + self.drop(self.mix_norm(mix)))
+        f, _ = self.self_attn(f, f, torch.ones(f.shape[:2], dtype=torch.bool, device=f.device))
+        return self.norm3(f + self.ffn(f)), attn
+
+
+class DynamicAttentionFusion(nn.Module):
+    """Sec. 3.3 module: align each U_m to d (H_m), start the multimodal sequence F_0, stack `fusion_layers` blocks.
+
+    F_0 is learned query tokens plus the mean of the present modalities' pooled H_m. The fused representation F_L
+    is the mean over the query tokens.
+    """
+
+    def __init__(self, dims: dict[str, int], cfg: dict):
+        super().__init__()
+        d, drop, heads = cfg.get("d_model", 64), cfg.get("dropout", 0.1), cfg.get("heads", 4)
+        self.modalities = list(dims)
+        self.align = nn.ModuleDict({m: nn.Sequential(nn.Linear(k, d), nn.Dropout(drop)) for m, k in dims.items()})
+        self.queries = nn.Parameter(torch.randn(cfg.get("fusion_queries", 8), d) * 0.02)
+        self.blocks = nn.ModuleList(DynamicAttentionBlock(self.modalities, d, heads, drop)
+                                    for _ in range(cfg.get("fusion_layers", 3)))
+
+    def forward(self, u: dict, masks: dict, present: torch.Tensor, weights: torch.Tensor):
+        seqs = {m: self.align[m](u[m]) * masks[m].unsqueeze(-1) for m in self.modalities}
+        pooled = {m: masked_mean(seqs[m], masks[m]) for m in self.modalities}
+        p = present.float()
+        start = sum(pooled[m] * p[:, i, None] for i, m in enumerate(self.modalities))
+        start = start / p.sum(1, keepdim=True).clamp(min=1)  # mean over present modalities
+        f = self.queries.unsqueeze(0) + start.unsqueeze(1)
+        attn = {}
+        for block in self.blocks:
+            f, attn = block(f, seqs, masks, weights)
+        return f.mean(1), pooled, attn
+
+
+def set_trainable(modules, flag: bool) -> None:
+    for mod in modules:
+        if mod is not None:
+            for p in mod.parameters():
+                p.requires_grad = flag
+
+
+class KuDA(MSAModel):
+    stages = ("unimodal", "fusion")
+
+    def __init__(self, input_dims: dict[str, int], cfg: dict):
+        super().__init__(input_dims, cfg)
+        self.knowledge = cfg.get("knowledge", True)  # false: no adapters/decoders, no stage 1, uniform ratios
+        self.dynamic = cfg.get("dynamic", True) and self.knowledge  # false: static attention, ratios uniform
+        if not self.knowledge:
+            self.stages = ("fusion",)
+        self.k = cfg.get("k", 0.1)
+        self.alpha = cfg.get("alpha", 0.1) if cfg.get("ce_loss", True) else 0.0
+        self.ce_temperature = cfg.get("ce_temperature", 1.0)
+        self.ratio_reference = cfg.get("ratio_reference", "estimate")
+        self.freeze = cfg.get("freeze", "knowledge")
+        if self.ratio_reference not in ("estimate", "label", "consensus"):
+            raise ConfigError(f"ratio_reference must be estimate, label or consensus, not {self.ratio_reference!r}")
+        if self.freeze not in ("knowledge", "all", "none"):
+            raise ConfigError(f"freeze must be knowledge, all or none, not {self.freeze!r}")
+        if self.text_backbone is not None:  # KuDA freezes the language model and trains adapters over its layers
+            set_trainable([self.text_backbone], False)
+            n_layers, n = self.text_backbone.encoder.config.num_hidden_layers, cfg.get("text_adapters", 3)
+            self.text_taps = [round(i * n_layers / n) for i in range(n + 1)]  # e.g. 0, 2, 4, 6 for MiniLM-L6
+        self.encoders = nn.ModuleDict({
+            m: UnimodalKnowledgeEncoder(d, cfg, self.out_dim, external=(m == "text" and self.text_backbone is not None),
+                                        knowledge=self.knowledge)
+            for m, d in self.input_dims.items()})
+        dims = {m: e.out_dim for m, e in self.encoders.items()}
+        # The multimodal score the ratios measure against, learnt in stage 1 from the (detached) knowledge states.
+        self.estimate = (Head(sum(dims.values()), self.out_dim, hidden=cfg.get("d_model", 64),
+                              dropout=cfg.get("dropout", 0.1))
+                         if self.dynamic and self.ratio_reference != "consensus" else None)
+        self.fusion = DynamicAttentionFusion(dims, cfg)
+        self.head = Head(cfg.get("d_model", 64), self.out_dim, dropout=cfg.get("dropout", 0.1))
+
+    # ------------------------------------------------------------------ inputs
+    def inputs(self, batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The base class's inputs, except that text token ids stay ids.
+
+        `backbone_states` runs the frozen backbone, so its intermediate layers can feed the adapters.
+        """
+        if self.text_backbone is None:
+            return super().inputs(batch)
+        out = {}
+        for m in self.modalities:
+            x, mask = batch.x[m], batch.mask[m]
+            if m != "text" and self.standardize:
+                x = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}") * mask.unsqueeze(-1)
+            out[m] = (x, mask)
+        return out
+
+    def backbone_states(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with torch.no_grad():  # frozen: nothing to learn there, and no backward pass to pay for
+            hs = self.text_backbone.encoder(input_ids=ids, attention_mask=mask.long(),
+                                            output_hidden_states=True).hidden_states
+        return hs[-1], [hs[i] for i in self.text_taps]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.text_backbone is not None:
+            self.text_backbone.eval()  # frozen: its features should not carry dropout noise
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """A sentiment score per sample: the regression output, or the expected class in {-1, 0, 1}."""
+        if self.task == "regression":
+            return logits.squeeze(-1)
+        return logits.softmax(-1) @ torch.tensor([-1.0, 0.0, 1.0], device=logits.device)
+
+    def sentiment_ratios(self, uni: dict, pooled: dict, present: torch.Tensor, batch, extras: dict) -> torch.Tensor:
+        if not self.dynamic:  # static attention: every present modality counts the same
+            return masked_softmax(torch.zeros(present.shape, device=present.device), present)
+        # The knowledge guides the fusion; the fusion loss does not bend the unimodal predictions to suit it.
+        scores = torch.stack([self.score(uni[m]) for m in self.modalities], 1).detach()
+        est = None
+        if self.estimate is not None:
+            est = self.estimate(torch.cat([pooled[m] for m in self.modalities], -1).detach())
+            extras["estimate_logits"] = est
+        if self.ratio_reference == "consensus":
+            ref = (scores * present).sum(1) / present.sum(1).clamp(min=1)
+        elif self.ratio_reference == "label" and self.training:  # the reference code's teacher forcing
+            ref = batch.y if self.task == "regression" else batch.y.clamp(-1, 1)
+        else:
+            ref = self.score(est).detach()
+        extras["unimodal_scores"], extras["reference_score"] = scores, ref
+        return sentiment_ratio(scores, ref, present, self.k)
+
+    def unimodal_average(self, uni: dict, present: torch.Tensor) -> torch.Tensor:
+        """Stage-1 output: the mean unimodal prediction over present modalities (3 classes: the mean probability)."""
+        w = present.float()
+        w[w.sum(1) == 0] = 1.0
+        w = (w / w.sum(1, keepdim=True)).unsqueeze(-1)
+        stack = torch.stack([uni[m] for m in self.modalities], 1)  # (B, M, out)
+        if self.task == "regression":
+            return (stack * w).sum(1)
+        return (stack.softmax(-1) * w).sum(1).clamp_min(1e-8).log()
+
+    def forward(self, batch) -> ModelOutput:
+        inputs = self.inputs(batch)
+        masks = {m: mask for m, (_, mask) in inputs.items()}
+        present = torch.stack([masks[m].any(1) for m in self.modalities], 1)  # (B, M)
+        u, pooled, uni = {}, {}, {}
+        for m, (x, mask) in inputs.items():
+            taps = None
+            if m == "text" and self.text_backbone is not None:
+                x, taps = self.backbone_states(x, mask)
+            u[m], pooled[m], logits = self.encoders[m](x, mask, taps)
+            if logits is not None:
+                uni[m] = logits
+        extras: dict[str, torch.Tensor] = {}
+        ratio = self.sentiment_ratios(uni, pooled, present, batch, extras)
+        gates = {"modality": ratio}
+        if self.stage == "unimodal" and uni:
+            logits = self.unimodal_average(uni, present)
+            return ModelOutput(pred=self.to_pred(logits), logits=logits, unimodal=uni, gates=gates, extras=extras)
+        fused, reprs, attn = self.fusion(u, masks, present, present.float() * (1 + ratio))
+        logits = self.head(fused)
+        extras.update({f"repr_{m}": r for m, r in reprs.items()})
+        return ModelOutput(pred=self.to_pred(logits), logits=logits, unimodal=uni, gates=gates,
+                           attention=attn, fused=fused, extras=extras)
+
+    # ------------------------------------------------------------------ losses and stages
+    def correlation_estimation(self, out: ModelOutput, batch, **_) -> torch.Tensor:
+        """Sec. 3.4 CE loss: InfoNCE between each unimodal representation and the fused one, summed over modalities.
+
+        A sample without a modality is left out of that modality's term.
+        """
+        terms = [losses.info_nce(out.extras[f"repr_{m}"], out.fused, self.ce_temperature, valid=batch.present(m))
+                 for m in self.modalities]
+        return torch.stack(terms).sum()
+
+    def estimate_loss(self, out: ModelOutput, batch, task: str = "regression", kind: str = "l1") -> torch.Tensor:
+        return losses.task_loss(out.extras["estimate_logits"], batch.y, task, kind)
+
+    def loss_terms(self):
+        terms = {}
+        if self.knowledge:
+            # Stage 1 trains the decoders (and the ratio's reference head). In stage 2 they are frozen by default:
+            # the weight is `fusion_unimodal_weight`, 0 in the paper's loss.
+            w = 1.0 if self.stage == "unimodal" else self.cfg.get("fusion_unimodal_weight", 0.0)
+            terms["unimodal"] = (w, losses.unimodal_task_loss)
+            if self.estimate is not None:
+                terms["estimate"] = (w, self.estimate_loss)
+        if self.stage != "unimodal" and self.alpha:
+            terms["ce"] = (self.alpha, self.correlation_estimation)
+        return terms
+
+    def task_weight(self, stage: str) -> float:
+        return 0.0 if stage == "unimodal" else 1.0
+
+    def stage_setup(self, stage: str) -> None:
+        super().stage_setup(stage)
+        knowledge = [self.encoders, self.estimate]
+        if stage == "unimodal":
+            set_trainable(knowledge, True)
+            set_trainable([self.fusion, self.head], False)
+        else:
+            set_trainable([self.fusion, self.head], True)
+            set_trainable(knowledge, self.freeze != "all")
+            if self.freeze == "knowledge":  # the reference freezes adapters and decoders, the encoders train on
+                set_trainable([e.inject for e in self.encoders.values()] +
+                              [e.decoder for e in self.encoders.values()] + [self.estimate], False)
+        if self.text_backbone is not None:
+            set_trainable([self.text_backbone], False)
+
+
+register_model("kuda", "KuDA (2410.04491): adapters + unimodal decoders (stage 1), sentiment-ratio dynamic "
+               "attention fusion + correlation-estimation loss (stage 2)")(KuDA)
