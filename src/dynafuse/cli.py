@@ -92,17 +92,20 @@ def cmd_demo(a):
 
 
 def cmd_summarize(a):
-    from .analysis.summary import find_runs, group_runs, markdown_table
-    from .io import atomic_write_json, atomic_write_text
+    from .analysis.summary import find_runs, group_runs, markdown_table, write_summary
 
     groups = group_runs(find_runs(a.runs), split=a.split)
     if not groups:
         raise DynafuseError("no finished runs (metrics.json + run.json) found", " ".join(a.runs))
-    table = markdown_table(groups)
-    print(table)
-    if a.out:
-        atomic_write_text(Path(a.out).with_suffix(".md"), table)
-        atomic_write_json(Path(a.out).with_suffix(".json"), groups)
+    print(write_summary(a.runs, a.out, a.split) if a.out else markdown_table(groups))
+
+
+def cmd_experiment(a):
+    from .experiments.runner import run_experiment
+
+    failed = run_experiment(a.file, data_dir=a.data_dir, workers=a.workers, dry_run=a.dry_run)
+    if failed:
+        raise DynafuseError(f"{len(failed)} cells failed; their train.log says why (rerun to retry them)", a.file)
 
 
 def cmd_eval(a):
@@ -145,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["valid", "test"])
     s.add_argument("--out", help="write OUT.md and OUT.json")
     s.set_defaults(fn=cmd_summarize)
+    x = sub.add_parser("experiment", help="run a declared grid (models x datasets x seeds x variants), resumably")
+    x.add_argument("file")
+    x.add_argument("--data-dir")
+    x.add_argument("--workers", type=int, help="cells at once (default: the file's `workers`, else 1)")
+    x.add_argument("--dry-run", action="store_true", help="list the cells that would run")
+    x.set_defaults(fn=cmd_experiment)
     return p
 
 

@@ -60,3 +60,15 @@ def markdown_table(groups: list[dict], keys=None) -> str:
             cells = [format_mean_std(g["agg"], k, digits(k)) if k in g["agg"] else "" for k in ks]
             lines.append(f"| {name} | {g['n_seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_summary(roots: list[str | Path], out: str | Path, split: str = "test") -> str:
+    """Aggregate the runs under `roots` into OUT.md (tables) and OUT.json (numbers); return the Markdown."""
+    from ..io import atomic_write_json, atomic_write_text
+
+    groups = group_runs(find_runs(roots), split=split)
+    table = markdown_table(groups)
+    out = Path(out)
+    atomic_write_text(out.with_suffix(".md"), table)
+    atomic_write_json(out.with_suffix(".json"), groups)
+    return table

@@ -68,6 +68,7 @@ class MSAModel(nn.Module):
         if self.task not in ("regression", "3class"):
             raise ConfigError(f"task must be 'regression' or '3class', not {self.task!r}")
         self.out_dim = 1 if self.task == "regression" else 3
+        self.label_scale = cfg.get("value_range", 3.0) / 3.0  # 1 on [-3, 3] data, 1/3 on [-1, 1] (SIMS)
         wanted = cfg.get("modalities") or list(input_dims)
         self.modalities = [m for m in ("text", "audio", "vision") if m in wanted and m in input_dims]
         if not self.modalities:
@@ -86,13 +87,14 @@ class MSAModel(nn.Module):
             self.text_backbone = TextBackbone(cfg.get("backbone"), cfg.get("finetune_layers"))
             self.input_dims["text"] = self.text_backbone.hidden_size
 
-    def inputs(self, batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(features, mask) per modality the model uses; text ids go through the backbone first."""
+    def inputs(self, batch, run_backbone: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(features, mask) per modality the model uses; text ids go through the backbone first, unless
+        `run_backbone=False` (a model that runs the backbone layer by layer itself gets the ids back)."""
         out = {}
         for m in self.modalities:
             x, mask = batch.x[m], batch.mask[m]
             if m == "text" and self.text_backbone is not None:
-                x = self.text_backbone(x, mask)
+                x = self.text_backbone(x, mask) if run_backbone else x
             elif self.standardize:
                 x = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}") * mask.unsqueeze(-1)
             out[m] = (x, mask)

@@ -240,15 +240,7 @@ class KuDA(MSAModel):
 
         `backbone_states` runs the frozen backbone, so its intermediate layers can feed the adapters.
         """
-        if self.text_backbone is None:
-            return super().inputs(batch)
-        out = {}
-        for m in self.modalities:
-            x, mask = batch.x[m], batch.mask[m]
-            if m != "text" and self.standardize:
-                x = (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}") * mask.unsqueeze(-1)
-            out[m] = (x, mask)
-        return out
+        return super().inputs(batch, run_backbone=False)
 
     def backbone_states(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         with torch.no_grad():  # frozen: nothing to learn there, and no backward pass to pay for

@@ -46,9 +46,9 @@ def prepare_data(cfg: dict) -> Bundle:
     return attach_text(bundle, d.get("text", {}), cache)
 
 
-def model_config(cfg: dict) -> dict:
-    """The model's config plus what it needs from the data section (the backbone to fine-tune)."""
-    return {**cfg["model"], "backbone": cfg["data"]["text"].get("backbone")}
+def model_config(cfg: dict, bundle: Bundle) -> dict:
+    """The model's config plus what it needs to know of the data: the backbone to fine-tune, the label range."""
+    return {**cfg["model"], "backbone": cfg["data"]["text"].get("backbone"), "value_range": bundle.value_range}
 
 
 def loader(bundle: Bundle, split: str, cfg: dict, shuffle: bool) -> torch.utils.data.DataLoader:
@@ -143,7 +143,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
     torch.set_num_threads(max(1, int(threads)))
 
     bundle = prepare_data(cfg)
-    lit = LitMSA(cfg["model"]["name"], bundle.input_dims(), model_config(cfg), t, bundle.value_range)
+    lit = LitMSA(cfg["model"]["name"], bundle.input_dims(), model_config(cfg, bundle), t, bundle.value_range)
     lit.model.set_feature_stats(bundle.feature_stats())
     if t.get("init_from"):  # e.g. KuDA's saved stage-1 weights, reused with train.skip_stages=[unimodal]
         _load_weights(lit, Path(t["init_from"]), strict=False)
@@ -203,7 +203,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, LitMSA, Bundle]:
     expected = {k: int(v) for k, v in info["input_dims"].items()}
     if bundle.input_dims() != expected:
         raise ConfigError(f"data dims {bundle.input_dims()} do not match the checkpoint's {expected}", best)
-    lit = LitMSA(cfg["model"]["name"], expected, model_config(cfg), cfg["train"], bundle.value_range)
+    lit = LitMSA(cfg["model"]["name"], expected, model_config(cfg, bundle), cfg["train"], bundle.value_range)
     _load_weights(lit, best)
     return cfg, lit, bundle
 
