@@ -54,3 +54,36 @@ def make_batch():
 def batch() -> Batch:
     """A synthetic batch of 5 samples with different lengths per modality, every modality present."""
     return synthetic_batch()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny synthetic models run fastest on one thread and do not stall when other jobs share the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def drop(batch: Batch, modality: str, rows) -> Batch:
+    """Mark `modality` missing (all-false mask) for `rows`; its features stay in place as garbage."""
+    mask = {m: v.clone() for m, v in batch.mask.items()}
+    mask[modality][rows] = False
+    return Batch(x=batch.x, mask=mask, y=batch.y, index=batch.index, y_uni=batch.y_uni)
+
+
+def garbage_padding(batch: Batch, extra: int = 3) -> Batch:
+    """The same batch, `extra` steps longer, with large random values in every masked position.
+
+    Token-id (int64) text is padded with random ids instead."""
+    g = torch.Generator().manual_seed(7)
+    x, mask = {}, {}
+    for m, v in batch.x.items():
+        b, t = v.shape[:2]
+        mask[m] = torch.cat([batch.mask[m], torch.zeros(b, extra, dtype=torch.bool)], 1)
+        full = torch.cat([v, torch.zeros(b, extra, *v.shape[2:], dtype=v.dtype)], 1)
+        noise = (torch.randint(1, 100, full.shape, generator=g) if v.dtype == torch.long
+                 else torch.randn(full.shape, generator=g) * 100)
+        keep = mask[m].view(b, t + extra, *([1] * (v.dim() - 2)))
+        x[m] = torch.where(keep, full, noise)
+    return Batch(x=x, mask=mask, y=batch.y, index=batch.index, y_uni=batch.y_uni)

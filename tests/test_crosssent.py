@@ -16,18 +16,11 @@ from dynafuse.data.core import Batch
 from dynafuse.errors import ConfigError
 from dynafuse.models import ModelOutput, create_model
 from dynafuse.models.crosssent import GMRA, CrossModalAttention, InjectionGate, ModalityProjection
+from conftest import drop, garbage_padding
 
 TASKS = ("regression", "3class")
 DIMS = {"text": 0, "audio": 8, "vision": 12}  # text 0 = token ids for a fine-tuned backbone
 HIDDEN, LAYERS, VOCAB = 32, 3, 60
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +72,6 @@ def id_batch(text=(6, 4, 2, 5, 3), audio=(2, 5, 3, 1, 4), vision=(3, 3, 4, 2, 1)
             x[m] = torch.where(mask[m].unsqueeze(-1), v, junk if garbage else torch.zeros_like(v))
     y = torch.tensor([2.5, -1.0, 0.0, 1.2, -2.6])
     return Batch(x=x, mask=mask, y=y, index=torch.arange(len(y)))
-
-
-def drop(batch: Batch, modality: str, rows) -> Batch:
-    mask = {m: v.clone() for m, v in batch.mask.items()}
-    mask[modality][rows] = False
-    return Batch(x=batch.x, mask=mask, y=batch.y, index=batch.index)
 
 
 def total_loss(model, out, batch):

@@ -17,42 +17,15 @@ from dynafuse.models import create_model
 from dynafuse.models.daf import (DAF, DynamicModalityAttention, StaticModalityWeights, UtteranceProjection,
                                  masked_softmax)
 
-from conftest import DIMS, synthetic_batch
+from conftest import DIMS, drop, garbage_padding, synthetic_batch
 
 CFG = {"d_model": 16, "dropout": 0.1}
 TASKS = ("regression", "3class")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def build(task: str = "regression", dims=None, seed: int = 0, **cfg) -> DAF:
     torch.manual_seed(seed)
     return create_model("daf", dict(DIMS if dims is None else dims), {**CFG, "task": task, **cfg})
-
-
-def drop(batch: Batch, modality: str, rows) -> Batch:
-    """Mark `modality` missing (all-false mask) for `rows`; its features stay in place as garbage."""
-    mask = {m: v.clone() for m, v in batch.mask.items()}
-    mask[modality][rows] = False
-    return Batch(x=batch.x, mask=mask, y=batch.y, index=batch.index)
-
-
-def garbage_padding(batch: Batch, extra: int = 3) -> Batch:
-    """The same synthetic batch, `extra` steps longer, with large random values in every masked position."""
-    g = torch.Generator().manual_seed(7)
-    x, mask = {}, {}
-    for m, v in batch.x.items():
-        b, t, d = v.shape
-        mask[m] = torch.cat([batch.mask[m], torch.zeros(b, extra, dtype=torch.bool)], 1)
-        full = torch.cat([v, torch.zeros(b, extra, d)], 1)
-        x[m] = torch.where(mask[m].unsqueeze(-1), full, torch.randn(b, t + extra, d, generator=g) * 100)
-    return Batch(x=x, mask=mask, y=batch.y, index=batch.index)
 
 
 # --------------------------------------------------------------------------- blocks

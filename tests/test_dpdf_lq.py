@@ -15,21 +15,13 @@ from dynafuse.models.dpdf_lq import (AdaptiveGate, ChannelAttention, CrossModalT
                                      DGLQALayer, GlobalTokenTransformer, PathGate, SpatialAttention,
                                      StandardQueryAttention, TextEncoder)
 
-from conftest import DIMS, synthetic_batch
+from conftest import DIMS, drop, garbage_padding, synthetic_batch
 
 CFG = {"d_model": 16, "heads": 4, "layers": 1, "dropout": 0.1, "query_len": 4, "dglqa_depth": 3,
        "gpath_ca_depth": 2, "lpath_ca_depth": 2, "hidden": 32}
 ABLATIONS = {"full": {}, "w/o LPath": {"local_path": False}, "w/o GPath": {"global_path": False},
              "w/o Gate": {"path_gate": False}, "Std.A": {"dglqa": False}}
 MODS = ["text", "audio", "vision"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(task="regression", dims=None, seed=0, **cfg):
@@ -40,24 +32,6 @@ def build(task="regression", dims=None, seed=0, **cfg):
 def only(batch: Batch, mods) -> Batch:
     return Batch(x={m: batch.x[m] for m in mods}, mask={m: batch.mask[m] for m in mods}, y=batch.y,
                  index=batch.index)
-
-
-def drop(batch: Batch, modality: str, rows) -> Batch:
-    mask = {m: v.clone() for m, v in batch.mask.items()}
-    mask[modality][rows] = False
-    return Batch(x=batch.x, mask=mask, y=batch.y, index=batch.index)
-
-
-def garbage_padding(batch: Batch, extra: int = 3) -> Batch:
-    """The same synthetic batch with `extra` more padded steps holding large random garbage."""
-    g = torch.Generator().manual_seed(7)
-    x, mask = {}, {}
-    for m, v in batch.x.items():
-        b, t, d = v.shape
-        mk = torch.cat([batch.mask[m], torch.zeros(b, extra, dtype=torch.bool)], 1)
-        xv = torch.cat([v, torch.zeros(b, extra, d)], 1)
-        x[m], mask[m] = torch.where(mk.unsqueeze(-1), xv, torch.randn(b, t + extra, d, generator=g) * 100), mk
-    return Batch(x=x, mask=mask, y=batch.y, index=batch.index)
 
 
 # --------------------------------------------------------------------------- blocks

@@ -18,19 +18,11 @@ from dynafuse.models.blocks import ModalityEncoder
 from dynafuse.models.kuda import (DynamicAttentionBlock, DynamicAttentionFusion, KnowledgeInjection,
                                   ModalityCrossTransformer, UnimodalKnowledgeEncoder, encoder_states, sentiment_ratio)
 
-from conftest import DIMS, synthetic_batch
+from conftest import DIMS, drop, garbage_padding, synthetic_batch
 
 CFG = {"d_model": 16, "heads": 4, "layers": 2, "dropout": 0.1, "adapter_bottleneck": 8, "fusion_layers": 2,
        "fusion_queries": 4}
 TASKS = ("regression", "3class")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(task="regression", dims=None, stage=None, seed=0, **cfg):
@@ -39,26 +31,6 @@ def build(task="regression", dims=None, stage=None, seed=0, **cfg):
     if stage:
         model.stage_setup(stage)
     return model
-
-
-def drop(batch: Batch, modality: str, rows) -> Batch:
-    """Mark `modality` missing for the given rows of a synthetic batch (the features stay, as garbage)."""
-    mask = {m: v.clone() for m, v in batch.mask.items()}
-    mask[modality][rows] = False
-    return Batch(x=batch.x, mask=mask, y=batch.y, index=batch.index, y_uni=batch.y_uni)
-
-
-def garbage_padding(batch: Batch, extra: int = 3) -> Batch:
-    """The same synthetic batch with `extra` more padded steps and large random values in every padded position."""
-    g = torch.Generator().manual_seed(7)
-    x, mask = {}, {}
-    for m, v in batch.x.items():
-        b, t, d = v.shape
-        mk = torch.cat([batch.mask[m], torch.zeros(b, extra, dtype=torch.bool)], 1)
-        xv = torch.cat([v, torch.zeros(b, extra, d)], 1)
-        x[m] = torch.where(mk.unsqueeze(-1), xv, torch.randn(b, t + extra, d, generator=g) * 100)
-        mask[m] = mk
-    return Batch(x=x, mask=mask, y=batch.y, index=batch.index, y_uni=batch.y_uni)
 
 
 def total_loss(model, out, batch, task="regression"):

@@ -16,7 +16,7 @@ from dynafuse.data.core import Batch
 from dynafuse.errors import ConfigError
 from dynafuse.models import ModelOutput, create_model, list_models
 
-from conftest import DIMS, synthetic_batch
+from conftest import DIMS, drop, garbage_padding, synthetic_batch
 
 # Models that fine-tune their text backbone need token ids, not the float text features used here;
 # they run the same contract with ids in their own test file (tests/test_crosssent.py).
@@ -24,15 +24,6 @@ NEEDS_TOKEN_IDS = {"crosssent"}
 MODELS = sorted(set(list_models()) - NEEDS_TOKEN_IDS)
 TASKS = ("regression", "3class")
 CFG = {"d_model": 16, "heads": 4, "layers": 1, "dropout": 0.1}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny synthetic models run fastest on one thread, and do not stall when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(name: str, task: str = "regression", seed: int = 0, **cfg):
@@ -59,13 +50,6 @@ def with_garbage_padding(batch: Batch, extra: int = 3, seed: int = 1) -> Batch:
         x[m] = torch.where(mk.unsqueeze(-1), xv, garbage)
         mask[m] = mk
     return Batch(x=x, mask=mask, y=batch.y, index=batch.index, y_uni=batch.y_uni)
-
-
-def drop(batch: Batch, modality: str, rows) -> Batch:
-    """Mark `modality` missing (all-false mask row) for the given samples; the features stay as garbage."""
-    mask = {m: v.clone() for m, v in batch.mask.items()}
-    mask[modality][rows] = False
-    return Batch(x=batch.x, mask=mask, y=batch.y, index=batch.index, y_uni=batch.y_uni)
 
 
 def test_registry_lists_the_2501_models():

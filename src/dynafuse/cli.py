@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     except DynafuseError as e:
         print(f"dynafuse: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head`: nothing to report
+        return 0
     except OSError as e:  # disk full, permission denied, ...: say which file, no traceback
         print(f"dynafuse: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2

@@ -25,10 +25,13 @@ def find_runs(roots: list[str | Path]) -> list[dict]:
                 continue
             info = json.loads(info_path.read_text())
             cfg = yaml.safe_load((m.parent / "config.yaml").read_text())
+            stages = info.get("stages", {}).values()
+            epochs = sum(s.get("epochs", 0) for s in stages)
             runs.append({"dir": str(m.parent), "model": info["model"], "dataset": info["dataset"],
                          "seed": info["seed"], "task": cfg["model"].get("task", "regression"),
                          "variant": cfg.get("variant", ""), "metrics": json.loads(m.read_text()),
-                         "params": info.get("params"), "train_seconds": info.get("train_seconds")})
+                         "params": info.get("params"),
+                         "sec_per_epoch": sum(s.get("seconds", 0) for s in stages) / max(epochs, 1)})
     return runs
 
 
@@ -39,7 +42,8 @@ def group_runs(runs: list[dict], split: str = "test") -> list[dict]:
     out = []
     for (dataset, task, model, variant), rs in sorted(groups.items()):
         out.append({"dataset": dataset, "task": task, "model": model, "variant": variant, "n_seeds": len(rs),
-                    "seeds": sorted(r["seed"] for r in rs),
+                    "seeds": sorted(r["seed"] for r in rs), "params": rs[0]["params"],
+                    "sec_per_epoch": sum(r["sec_per_epoch"] for r in rs) / len(rs),
                     "agg": aggregate([r["metrics"][split] for r in rs])})
     return out
 
@@ -53,12 +57,13 @@ def markdown_table(groups: list[dict], keys=None) -> str:
     for (dataset, task), gs in by.items():
         ks = keys or (CLASS_SHOWN if task == "3class" else SHOWN)
         lines += [f"\n**{dataset}** ({task}, test split, mean ± std over seeds)\n",
-                  "| model | seeds | " + " | ".join(ks) + " |", "|---|---|" + "---|" * len(ks)]
+                  "| model | seeds | " + " | ".join(ks) + " | params | s/epoch |", "|---|---|" + "---|" * (len(ks) + 2)]
         for g in gs:
             name = g["model"] + (f" [{g['variant']}]" if g["variant"] else "")
             digits = lambda k: 3 if k in ("mae", "corr", "qwk", "jump2", "mean_abs_jump") else 2  # noqa: E731
             cells = [format_mean_std(g["agg"], k, digits(k)) if k in g["agg"] else "" for k in ks]
-            lines.append(f"| {name} | {g['n_seeds']} | " + " | ".join(cells) + " |")
+            cost = f"{g['params']:,} | {g['sec_per_epoch']:.1f}" if g.get("params") else " | "
+            lines.append(f"| {name} | {g['n_seeds']} | " + " | ".join(cells) + f" | {cost} |")
     return "\n".join(lines) + "\n"
 
 
