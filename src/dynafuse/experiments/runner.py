@@ -109,8 +109,8 @@ def run_experiment(path: str | Path, data_dir: str | None = None, workers: int |
             console.print(f"{status:>8} {secs:7.1f}s  {cell.run_dir(out)}")
             if code:
                 failed.append(cell)
-    if spec.get("report"):
+    if spec.get("report"):  # only this experiment's cells, even when several experiments share `out`
         from ..analysis.summary import write_summary
 
-        write_summary([out], spec["report"])
+        write_summary([c.run_dir(out) for c in cells if c.run_dir(out).exists()], spec["report"])
     return failed
