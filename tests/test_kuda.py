@@ -16,7 +16,7 @@ from dynafuse.data.core import Batch
 from dynafuse.models import create_model
 from dynafuse.models.blocks import ModalityEncoder
 from dynafuse.models.kuda import (DynamicAttentionBlock, DynamicAttentionFusion, KnowledgeInjection,
-                                  ModalityCrossTransformer, UnimodalKnowledgeEncoder, encoder_states, sentiment_ratio)
+                                  ModalityCrossTransformer, UnimodalKnowledgeEncoder, sentiment_ratio)
 
 from conftest import DIMS, drop, garbage_padding, synthetic_batch
 
@@ -76,14 +76,16 @@ def test_ratio_k_zero_is_uniform():
 # --------------------------------------------------------------------------- blocks
 
 
-def test_encoder_states_taps_every_layer_and_removes_hooks():
-    """Synthetic features: a 3-layer encoder gives 4 states (input embedding + 3 layers); no hook is left behind."""
+def test_encoder_returns_every_hidden_state():
+    """Synthetic features: a 3-layer encoder gives 4 states (input embedding + 3 layers), same output as without."""
     enc = ModalityEncoder(8, 16, layers=3).eval()
     x, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
-    seq, states = encoder_states(enc, x, mask)
+    seq, pooled, states = enc(x, mask, return_states=True)
     assert seq.shape == (2, 5, 16) and len(states) == 4 and all(s.shape == (2, 5, 16) for s in states)
     torch.testing.assert_close(seq, enc(x, mask)[0])
-    assert not enc.pos._forward_hooks and not any(la._forward_hooks for la in enc.transformer.layers)
+    # the layer loop is the same computation as nn.TransformerEncoder's
+    safe = ~mask
+    torch.testing.assert_close(states[-1], enc.transformer(states[0], src_key_padding_mask=safe))
 
 
 def test_knowledge_injection_starts_as_the_layer_sum():

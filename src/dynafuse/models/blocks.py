@@ -52,13 +52,19 @@ class ModalityEncoder(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, return_states: bool = False):
+        """-> (sequence, pooled), plus with `return_states` the hidden states: the embedded input, then each layer's
+        output (KuDA's adapters read them)."""
         present = mask.any(1)
         safe = mask.clone()
         safe[~present, 0] = True  # give empty rows one dummy step; their output is zeroed below
-        h = self.transformer(self.pos(self.proj(x)), src_key_padding_mask=~safe)
+        h = self.pos(self.proj(x))
+        states = [h]
+        for layer in self.transformer.layers:
+            h = layer(h, src_key_padding_mask=~safe)
+            states.append(h)
         h = self.norm(h) * mask.unsqueeze(-1)
-        return h, masked_mean(h, mask)
+        return (h, masked_mean(h, mask), states) if return_states else (h, masked_mean(h, mask))
 
 
 class Head(nn.Module):

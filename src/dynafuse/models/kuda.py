@@ -43,19 +43,6 @@ from .base import ModelOutput, MSAModel, register_model
 from .blocks import Adapter, CrossAttention, Head, ModalityEncoder, masked_mean, masked_softmax
 
 
-def encoder_states(enc: ModalityEncoder, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list]:
-    """Run a ModalityEncoder. Return its output and its hidden states: the embedded input, then each layer's output."""
-    states: list[torch.Tensor] = []
-    keep = lambda _mod, _inp, out: states.append(out)  # noqa: E731
-    hooks = [enc.pos.register_forward_hook(keep)] + [la.register_forward_hook(keep) for la in enc.transformer.layers]
-    try:
-        seq, _ = enc(x, mask)
-    finally:
-        for h in hooks:
-            h.remove()
-    return seq, states
-
-
 class KnowledgeInjection(nn.Module):
     """Sec. 3.2 adapters, plugged outside an encoder and stacked.
 
@@ -95,7 +82,7 @@ class UnimodalKnowledgeEncoder(nn.Module):
         """-> U_m (B, T, out_dim) zero on padding, its masked mean (B, out_dim), unimodal logits (B, out) or None."""
         spec = x
         if self.encoder is not None:
-            spec, taps = encoder_states(self.encoder, x, mask)
+            spec, _, taps = self.encoder(x, mask, return_states=True)
         parts = [spec] if self.inject is None else [spec, self.inject(taps)]
         u = torch.cat(parts, -1) * mask.unsqueeze(-1)
         pooled = masked_mean(u, mask)

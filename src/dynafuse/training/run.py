@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -132,8 +133,6 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
     if force and not resume:
         for f in ("metrics.json", "predictions.csv", "run.json"):
             (run_dir / f).unlink(missing_ok=True)
-        import shutil
-
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     t = cfg["train"]
     L.seed_everything(t.get("seed", 0), workers=True, verbose=False)
