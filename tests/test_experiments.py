@@ -48,3 +48,14 @@ def test_run_experiment_skips_finished_cells_and_summarises(tmp_path, data_dir):
     stamp = (tmp_path / "runs/mosi/early_fusion-d32-s1/metrics.json").stat().st_mtime
     assert run_experiment(path, data_dir=str(data_dir)) == []  # everything finished: nothing reruns
     assert (tmp_path / "runs/mosi/early_fusion-d32-s1/metrics.json").stat().st_mtime == stamp
+
+
+@pytest.mark.slow
+def test_train_cost_side_by_side(data_dir):
+    from dynafuse.analysis.cost import cost_table, train_cost
+
+    rows = train_cost(["early_fusion", "daf"], "mosi", steps=2, warmup=1, data_dir=str(data_dir))
+    assert [r["model"] for r in rows] == ["early_fusion", "daf"]
+    assert all(r["params"] >= r["trainable"] > 0 and r["sec_per_epoch"] > 0 for r in rows)
+    assert rows[0]["vs_early_fusion"] == 1.0
+    assert "| daf |" in cost_table(rows)
