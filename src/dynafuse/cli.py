@@ -103,7 +103,8 @@ def cmd_summarize(a):
 def cmd_experiment(a):
     from .experiments.runner import run_experiment
 
-    failed = run_experiment(a.file, data_dir=a.data_dir, workers=a.workers, dry_run=a.dry_run)
+    failed = run_experiment(a.file, data_dir=a.data_dir, workers=a.workers, dry_run=a.dry_run,
+                            report_only=a.report_only)
     if failed:
         raise DynafuseError(f"{len(failed)} cells failed; their train.log says why (rerun to retry them)", a.file)
 
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--data-dir")
     x.add_argument("--workers", type=int, help="cells at once (default: the file's `workers`, else 1)")
     x.add_argument("--dry-run", action="store_true", help="list the cells that would run")
+    x.add_argument("--report-only", action="store_true", help="only rewrite the report from the finished cells")
     x.set_defaults(fn=cmd_experiment)
     return p
 

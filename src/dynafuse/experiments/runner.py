@@ -87,7 +87,7 @@ def _run_cell(cell: Cell, out: Path, data_dir: str | None) -> tuple[Cell, int, f
 
 
 def run_experiment(path: str | Path, data_dir: str | None = None, workers: int | None = None,
-                   dry_run: bool = False) -> list[Cell]:
+                   dry_run: bool = False, report_only: bool = False) -> list[Cell]:
     """Run every unfinished cell (local backend: a pool of processes) and return the failed ones."""
     from rich.console import Console
 
@@ -97,6 +97,8 @@ def run_experiment(path: str | Path, data_dir: str | None = None, workers: int |
     cells = expand(spec)
     todo = [c for c in cells if not (c.run_dir(out) / "metrics.json").exists()]
     console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run -> {out}")
+    if report_only:
+        todo = []
     if dry_run:
         for c in todo:
             console.print(f"  {c.run_dir(out)}  {' '.join(c.overrides)}")
