@@ -97,7 +97,7 @@ def cmd_summarize(a):
     groups = group_runs(find_runs(a.runs), split=a.split)
     if not groups:
         raise DynafuseError("no finished runs (metrics.json + run.json) found", " ".join(a.runs))
-    print(write_summary(a.runs, a.out, a.split) if a.out else markdown_table(groups))
+    print(write_summary(groups, a.out) if a.out else markdown_table(groups))
 
 
 def cmd_experiment(a):

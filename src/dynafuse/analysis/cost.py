@@ -11,8 +11,7 @@ import time
 import torch
 
 from ..config import build_config
-from ..training.module import LitMSA
-from ..training.run import loader, model_config, prepare_data
+from ..training.run import build_module, loader, prepare_data
 
 
 def train_cost(models: list[str], dataset: str = "mosi", steps: int = 10, warmup: int = 2,
@@ -21,10 +20,8 @@ def train_cost(models: list[str], dataset: str = "mosi", steps: int = 10, warmup
     for name in models:
         cfg = build_config(name, dataset, [f"data.data_dir={data_dir}"] if data_dir else [])
         bundle = prepare_data(cfg)
-        lit = LitMSA(name, bundle.input_dims(), model_config(cfg, bundle), cfg["train"], bundle.value_range)
-        lit.model.set_feature_stats(bundle.feature_stats())
-        lit.stage = lit.model.stages[-1]
-        lit.model.stage_setup(lit.stage)
+        lit = build_module(cfg, bundle)
+        lit.model.stage_setup(lit.model.stages[-1])  # time the final stage, with its trainable parameters
         params = [p for p in lit.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4)
         dl = loader(bundle, "train", cfg, shuffle=True)
@@ -47,7 +44,7 @@ def train_cost(models: list[str], dataset: str = "mosi", steps: int = 10, warmup
         step = sorted(times)[len(times) // 2]  # median: robust to a noisy neighbour
         rows.append({"model": name, "dataset": dataset, "params": sum(p.numel() for p in lit.model.parameters()),
                      "trainable": sum(p.numel() for p in params), "batch_size": cfg["data"]["batch_size"],
-                     "sec_per_step": step, "sec_per_epoch": step * len(dl), "stage": lit.stage})
+                     "sec_per_step": step, "sec_per_epoch": step * len(dl), "stage": lit.model.stage})
     base = next((r["sec_per_epoch"] for r in rows if r["model"] == "early_fusion"), None)
     for r in rows:
         r["vs_early_fusion"] = r["sec_per_epoch"] / base if base else None

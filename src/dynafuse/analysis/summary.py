@@ -67,11 +67,10 @@ def markdown_table(groups: list[dict], keys=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(roots: list[str | Path], out: str | Path, split: str = "test") -> str:
-    """Aggregate the runs under `roots` into OUT.md (tables) and OUT.json (numbers); return the Markdown."""
+def write_summary(groups: list[dict], out: str | Path) -> str:
+    """Write grouped runs to OUT.md (tables) and OUT.json (numbers); return the Markdown."""
     from ..io import atomic_write_json, atomic_write_text
 
-    groups = group_runs(find_runs(roots), split=split)
     table = markdown_table(groups)
     out = Path(out)
     atomic_write_text(out.with_suffix(".md"), table)

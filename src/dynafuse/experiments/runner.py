@@ -112,7 +112,8 @@ def run_experiment(path: str | Path, data_dir: str | None = None, workers: int |
             if code:
                 failed.append(cell)
     if spec.get("report"):  # only this experiment's cells, even when several experiments share `out`
-        from ..analysis.summary import write_summary
+        from ..analysis.summary import find_runs, group_runs, write_summary
 
-        write_summary([c.run_dir(out) for c in cells if c.run_dir(out).exists()], spec["report"])
+        runs = find_runs([c.run_dir(out) for c in cells if c.run_dir(out).exists()])
+        write_summary(group_runs(runs), spec["report"])
     return failed

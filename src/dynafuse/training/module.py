@@ -26,7 +26,6 @@ class LitMSA(L.LightningModule):
         self.save_hyperparameters()
         self.model = create_model(model_name, input_dims, model_cfg)
         self.train_cfg, self.value_range = train_cfg, value_range
-        self.stage = self.model.stages[-1]
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, batch):
@@ -35,7 +34,7 @@ class LitMSA(L.LightningModule):
     def compute_loss(self, out, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         kind, task = self.train_cfg.get("loss", "l1"), self.model.task
         parts = {"task": losses.task_loss(out.logits, batch.y, task, kind)}
-        total = self.model.task_weight(self.stage) * parts["task"]
+        total = self.model.task_weight(self.model.stage) * parts["task"]
         for name, (weight, term) in self.model.loss_terms().items():
             if weight:
                 parts[name] = term(out, batch, task=task, kind=kind)

@@ -52,6 +52,14 @@ def model_config(cfg: dict, bundle: Bundle) -> dict:
     return {**cfg["model"], "backbone": cfg["data"]["text"].get("backbone"), "value_range": bundle.value_range}
 
 
+def build_module(cfg: dict, bundle: Bundle, input_dims: dict | None = None) -> LitMSA:
+    """The LightningModule for this config and data, standardising with the data's train-split statistics."""
+    lit = LitMSA(cfg["model"]["name"], input_dims or bundle.input_dims(), model_config(cfg, bundle), cfg["train"],
+                 bundle.value_range)
+    lit.model.set_feature_stats(bundle.feature_stats())
+    return lit
+
+
 def loader(bundle: Bundle, split: str, cfg: dict, shuffle: bool) -> torch.utils.data.DataLoader:
     ds = SplitDataset(bundle.splits[split])
     return torch.utils.data.DataLoader(ds, batch_size=cfg["data"]["batch_size"], shuffle=shuffle,
@@ -142,8 +150,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
     torch.set_num_threads(max(1, int(threads)))
 
     bundle = prepare_data(cfg)
-    lit = LitMSA(cfg["model"]["name"], bundle.input_dims(), model_config(cfg, bundle), t, bundle.value_range)
-    lit.model.set_feature_stats(bundle.feature_stats())
+    lit = build_module(cfg, bundle)
     if t.get("init_from"):  # e.g. KuDA's saved stage-1 weights, reused with train.skip_stages=[unimodal]
         _load_weights(lit, Path(t["init_from"]), strict=False)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +164,6 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
             continue
         ckpt_dir = run_dir / "checkpoints" / (stage if len(stages) > 1 else "")
         done = ckpt_dir / "done.json"
-        lit.stage = stage
         lit.model.stage_setup(stage)
         if done.exists():  # a finished stage of a resumed run: take its selected weights and move on
             info["stages"][stage] = json.loads(done.read_text())
@@ -202,8 +208,8 @@ def load_run(run_dir: str | Path) -> tuple[dict, LitMSA, Bundle]:
     expected = {k: int(v) for k, v in info["input_dims"].items()}
     if bundle.input_dims() != expected:
         raise ConfigError(f"data dims {bundle.input_dims()} do not match the checkpoint's {expected}", best)
-    lit = LitMSA(cfg["model"]["name"], expected, model_config(cfg, bundle), cfg["train"], bundle.value_range)
-    _load_weights(lit, best)
+    lit = build_module(cfg, bundle, expected)
+    _load_weights(lit, best)  # the checkpoint's own statistics replace the recomputed ones
     return cfg, lit, bundle
 
 
