@@ -1,6 +1,7 @@
-"""Copy generated report tables into README.md between `<!-- report:NAME -->` and `<!-- /report -->` markers.
+"""Copy generated reports into README.md between `<!-- report:NAME -->` and `<!-- /report -->` markers.
 
-The tables come from `dynafuse experiment` / `dynafuse summarize ... --out reports/NAME`; nothing is typed.
+The reports come from `dynafuse experiment` / `dynafuse report RUNS --out reports/NAME` / `dynafuse bench`;
+nothing is typed. Headings are demoted under the README's own, and figure links made relative to the README.
 Usage: .venv/bin/python scripts/update_readme.py
 """
 
@@ -15,8 +16,12 @@ text = readme.read_text()
 def fill(match: re.Match) -> str:
     name = match.group(1)
     report = root / "reports" / f"{name}.md"
-    body = report.read_text().strip() if report.exists() else f"(run the command above to produce reports/{name}.md)"
-    return f"<!-- report:{name} -->\n{body}\n<!-- /report -->"
+    if not report.exists():
+        return f"<!-- report:{name} -->\n(run the command above to produce reports/{name}.md)\n<!-- /report -->"
+    body = re.sub(r"^# .*\n+", "", report.read_text().strip() + "\n", count=1)  # the report's own title
+    body = re.sub(r"^(#{2,4}) ", lambda m: "#" * min(len(m.group(1)) + 2, 6) + " ", body, flags=re.M)
+    body = re.sub(r"\]\(((?!https?:|/)[^)]+\.(?:png|html|md|csv|json))\)", r"](reports/\1)", body)
+    return f"<!-- report:{name} -->\n{body.strip()}\n<!-- /report -->"
 
 
 readme.write_text(re.sub(r"<!-- report:([\w-]+) -->.*?<!-- /report -->", fill, text, flags=re.S))

@@ -50,12 +50,105 @@ def test_run_experiment_skips_finished_cells_and_summarises(tmp_path, data_dir):
     assert (tmp_path / "runs/mosi/early_fusion-d32-s1/metrics.json").stat().st_mtime == stamp
 
 
-@pytest.mark.slow
-def test_train_cost_side_by_side(data_dir):
-    from dynafuse.analysis.cost import cost_table, train_cost
+def _fake_cli(calls):
+    """A stand-in for the `dynafuse` child process: records the call and writes what the real command would."""
+    from pathlib import Path
 
-    rows = train_cost(["early_fusion", "daf"], "mosi", steps=2, warmup=1, data_dir=str(data_dir))
-    assert [r["model"] for r in rows] == ["early_fusion", "daf"]
-    assert all(r["params"] >= r["trainable"] > 0 and r["sec_per_epoch"] > 0 for r in rows)
-    assert rows[0]["vs_early_fusion"] == 1.0
-    assert "| daf |" in cost_table(rows)
+    def call(args, log, cwd):
+        calls.append(args)
+        if args[0] == "train":
+            run = Path(args[args.index("--out") + 1])
+            (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (run / "checkpoints" / "best.ckpt").write_text("weights")
+            (run / "run.json").write_text(json.dumps({"stages": {"fit": {"best": str(run / "checkpoints/best.ckpt")}}}))
+            (run / "metrics.json").write_text(json.dumps({"valid": {"mae": 1.0}, "test": {"mae": 1.0}}))
+        elif args[0] == "robust":
+            return 1 if "broken" in args[1] else (Path(args[1]) / "robustness.json").write_text("{}") and 0
+        elif args[0] == "transfer":
+            (Path(args[1]) / f"transfer-{args[args.index('--dataset') + 1]}.json").write_text("{}")
+        return 0
+
+    return call
+
+
+def test_runner_skips_finished_work_and_runs_missing_evaluations(tmp_path, monkeypatch, capsys):
+    from dynafuse.experiments import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "_call", _fake_cli(calls))
+    out = tmp_path / "runs"
+    spec = {"out": str(out), "seeds": [0], "overrides": ["train.progress=false"],
+            "grid": [{"models": ["early_fusion"], "datasets": ["mosi"], "evaluate": {"robustness": True,
+                                                                                  "transfer": ["mosei"]}},
+                     {"models": ["unimodal_text"], "datasets": ["mosei"], "task": "3class"}]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+
+    assert run_experiment(path, dry_run=True) == [] and calls == []
+    listed = capsys.readouterr().out
+    assert "(train, robust, transfer mosei)" in listed and "(train)" in listed
+
+    assert run_experiment(path) == []
+    assert sorted(c[0] for c in calls) == ["robust", "train", "train", "transfer"]
+    train3 = next(c for c in calls if c[0] == "train" and "unimodal_text" in c)
+    assert train3[train3.index("--task") + 1] == "3class" and str(out / "mosei/unimodal_text-3class-s0") in train3
+    assert "train.progress=false" in train3 and "--resume" not in train3
+
+    calls.clear()  # everything done: nothing runs
+    assert run_experiment(path) == [] and calls == []
+
+    # a new evaluation declared later runs on the finished cell, without training it again
+    spec["grid"][1]["evaluate"] = {"robustness": True}
+    path.write_text(yaml.safe_dump(spec))
+    assert run_experiment(path) == [] and calls == [["robust", str(out / "mosei/unimodal_text-3class-s0")]]
+
+    # a finished run whose checkpoint is not here (a fresh clone) is not retrained and not evaluated
+    (out / "mosi/early_fusion-s0/robustness.json").unlink()
+    (out / "mosi/early_fusion-s0/checkpoints/best.ckpt").unlink()
+    calls.clear()
+    capsys.readouterr()
+    assert run_experiment(path) == [] and calls == []
+    assert "checkpoint is not on this machine" in capsys.readouterr().out
+
+
+def test_runner_reports_failed_evaluation_and_killed_run_resumes(tmp_path, monkeypatch, capsys):
+    from dynafuse.experiments import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "_call", _fake_cli(calls))
+    out = tmp_path / "runs"
+    spec = {"out": str(out), "grid": [{"models": ["early_fusion"], "datasets": ["mosi"], "seeds": [0, 1],
+                                       "variants": {"broken": []}, "evaluate": {"robustness": True}}]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    (out / "mosi/early_fusion-broken-s1/checkpoints").mkdir(parents=True)  # a killed run: resumed, not restarted
+    failed = run_experiment(path, workers=2)
+    assert [c.seed for c in failed] == [0, 1]  # the grid's order, whatever order they finished in
+    assert "FAILED (robust exit 1" in capsys.readouterr().out
+    resumed = next(c for c in calls if c[0] == "train" and "early_fusion-broken-s1" in c[c.index("--out") + 1])
+    assert "--resume" in resumed and "variant=broken" in resumed
+
+
+def test_runner_rejects_bad_backend_and_evaluate(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"grid": [{"models": ["daf"], "datasets": ["mosi"], "evaluate": {"robust": 1}}]}))
+    with pytest.raises(ConfigError, match="evaluate"):
+        load_experiment(path)
+    path.write_text(yaml.safe_dump({"grid": [{"models": ["daf"], "datasets": ["mosi"]}]}))
+    with pytest.raises(ConfigError, match="unknown backend"):
+        run_experiment(path, backend="slurm")
+
+
+@pytest.mark.slow
+def test_ray_backend_matches_local_backend(tmp_path, data_dir):
+    pytest.importorskip("ray")
+    spec = {"seeds": [0], "overrides": ["train.progress=false", "train.max_epochs=1", "data.limit=100"],
+            "grid": [{"models": ["early_fusion", "unimodal_text"], "datasets": ["mosi"]}]}
+    metrics = {}
+    for backend in ("local", "ray"):
+        path = tmp_path / f"{backend}.yaml"
+        path.write_text(yaml.safe_dump({**spec, "out": str(tmp_path / backend)}))
+        assert run_experiment(path, data_dir=str(data_dir), workers=2, backend=backend) == []
+        metrics[backend] = {m: json.loads((tmp_path / backend / "mosi" / f"{m}-s0" / "metrics.json").read_text())
+                            for m in ("early_fusion", "unimodal_text")}
+    assert metrics["ray"] == metrics["local"]

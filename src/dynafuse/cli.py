@@ -104,9 +104,18 @@ def cmd_experiment(a):
     from .experiments.runner import run_experiment
 
     failed = run_experiment(a.file, data_dir=a.data_dir, workers=a.workers, dry_run=a.dry_run,
-                            report_only=a.report_only)
+                            report_only=a.report_only, backend=a.backend)
     if failed:
         raise DynafuseError(f"{len(failed)} cells failed; their train.log says why (rerun to retry them)", a.file)
+
+
+def cmd_tune(a):
+    from .experiments.search import tune
+
+    best = tune(a.file, backend=a.backend, trials=a.trials, workers=a.workers, data_dir=a.data_dir)
+    print(f"best of {best['trials_finished']} trials on valid {best['metric']}: {best['trial']} "
+          f"({best['valid_score']:.4f}) -> {Path(best['out']) / 'best.yaml'}")
+    print("overrides: " + " ".join(best["overrides"]))
 
 
 def cmd_eval(a):
@@ -114,6 +123,56 @@ def cmd_eval(a):
 
     metrics = evaluate_run(a.run)
     print(json.dumps(metrics, indent=2)) if a.json else print_metrics(metrics, str(a.run))
+
+
+def cmd_robust(a):
+    from .experiments.robustness import parse_levels, print_robustness, robustness_run
+
+    result = robustness_run(a.run, split=a.split, seed=a.seed, levels=parse_levels(a.levels) if a.levels else None)
+    print_robustness(result)
+    print(f"wrote {Path(a.run) / 'robustness.json'} ({result['seconds']:.0f} s)")
+
+
+def cmd_transfer(a):
+    from .experiments.transfer import transfer_run
+
+    r = transfer_run(a.run, a.dataset, data_dir=a.data_dir, limit=a.limit)
+    columns = {"test": r["metrics"]}
+    if r.get("metrics_unseen"):  # the target clips the source dataset does not hold
+        columns["test, unseen clips"] = r["metrics_unseen"]
+    if r["in_domain"]:
+        columns[f"{r['source']} test"] = r["in_domain"]
+    print_metrics(columns, f"{r['model']} trained on {r['source']}, zero-shot on {r['target']} test (n={r['n']})")
+    print(r["notes"])
+
+
+def cmd_bench(a):
+    from .analysis.bench import bench, print_report, write_report
+
+    models = [m.strip() for m in a.models.split(",") if m.strip()] if a.models else None
+    overrides = list(a.overrides) + ([f"data.data_dir={a.data_dir}"] if a.data_dir else [])
+    result = bench(models, a.dataset, train=a.train, threads=a.threads, repeats=a.repeats, warmup=a.warmup,
+                   steps=a.steps, overrides=overrides)
+    print_report(result)
+    md, js = write_report(result, a.out)
+    print(f"wrote {md} and {js}")
+
+
+def cmd_report(a):
+    from .analysis.report import write_report
+
+    write_report(a.runs, a.out, split=a.split, data_dir=a.data_dir)
+    print(f"wrote {a.out}.md, .html, .csv, _summary.csv, .json and {a.out}_figures/")
+
+
+def cmd_explain(a):
+    from .analysis.explain import explain_run
+
+    out = Path(a.out or Path(a.run) / "explain")
+    info = explain_run(a.run, out, split=a.split)
+    for note in info["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {out}/explain.json" + "".join(f", {f}" for f in info["figures"]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,9 +212,53 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("file")
     x.add_argument("--data-dir")
     x.add_argument("--workers", type=int, help="cells at once (default: the file's `workers`, else 1)")
-    x.add_argument("--dry-run", action="store_true", help="list the cells that would run")
+    x.add_argument("--backend", choices=["local", "ray"], help="local process pool (default) or Ray tasks")
+    x.add_argument("--dry-run", action="store_true", help="list the cells and evaluations that would run")
     x.add_argument("--report-only", action="store_true", help="only rewrite the report from the finished cells")
     x.set_defaults(fn=cmd_experiment)
+    tu = sub.add_parser("tune", help="hyper-parameter search selecting on the valid split only, resumably")
+    tu.add_argument("file", help="a search YAML (model, dataset, metric, space, ...)")
+    tu.add_argument("--backend", choices=["optuna", "ray"], help="Optuna in this process (default) or Ray Tune")
+    tu.add_argument("--trials", type=int, help="completed trials wanted (default: the file's `trials`)")
+    tu.add_argument("--workers", type=int, help="trials at once (default: the file's `workers`, else 1)")
+    tu.add_argument("--data-dir")
+    tu.set_defaults(fn=cmd_tune)
+    r = sub.add_parser("robust", help="score a finished run under missing modalities, noise and token drop")
+    r.add_argument("run", help="run folder (with its local checkpoint)")
+    r.add_argument("--split", default="test", choices=["valid", "test"])
+    r.add_argument("--seed", type=int, default=0, help="seed of the corruptions")
+    r.add_argument("--levels", help="comma-separated corruption levels (default 0,0.1,...,0.9)")
+    r.set_defaults(fn=cmd_robust)
+    tr = sub.add_parser("transfer", help="score a finished run on another dataset's test split (zero-shot)")
+    tr.add_argument("run", help="run folder (with its local checkpoint)")
+    tr.add_argument("--dataset", required=True, help="the target dataset (same label range)")
+    tr.add_argument("--data-dir")
+    tr.add_argument("--limit", type=int, help="first N rows of each target split only (quick checks)")
+    tr.set_defaults(fn=cmd_transfer)
+    b = sub.add_parser("bench", help="params, FLOPs, latency, throughput, memory (and training time) side by side")
+    b.add_argument("--dataset", default="mosi")
+    b.add_argument("--models", help="comma-separated (default: every model but unimodal_audio/vision)")
+    b.add_argument("--train", action="store_true", help="also time real training steps")
+    b.add_argument("--out", default="reports/cost", help="write OUT.md and OUT.json")
+    b.add_argument("--threads", type=int, help="torch threads for every model (default $DYNAFUSE_THREADS or torch's)")
+    b.add_argument("--repeats", type=int, default=20, help="timed passes per figure (the median is reported)")
+    b.add_argument("--warmup", type=int, default=3, help="untimed passes before timing")
+    b.add_argument("--steps", type=int, default=10, help="timed training steps with --train")
+    b.add_argument("--data-dir")
+    b.add_argument("overrides", nargs="*", help="key.path=value config overrides for every model")
+    b.set_defaults(fn=cmd_bench)
+    rp = sub.add_parser("report", help="Markdown/HTML/CSV/JSON report with figures over finished runs")
+    rp.add_argument("runs", nargs="+", help="run folders or folders holding runs")
+    rp.add_argument("--out", required=True, help="writes OUT.md, OUT.html, OUT.csv, OUT_summary.csv, OUT.json, "
+                                                 "OUT_figures/")
+    rp.add_argument("--split", default="test", choices=["valid", "test"])
+    rp.add_argument("--data-dir", help="datasets folder whose ../anchors holds the published rows")
+    rp.set_defaults(fn=cmd_report)
+    ex = sub.add_parser("explain", help="gate distributions, attention maps and t-SNE of a trained run")
+    ex.add_argument("run")
+    ex.add_argument("--out", help="output folder (default RUN/explain)")
+    ex.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ex.set_defaults(fn=cmd_explain)
     return p
 
 

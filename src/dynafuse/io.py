@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+
+def safe_name(name: str) -> str:
+    """A dataset name (possibly FORMAT:PATH) as one file or folder name component."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -4,7 +4,9 @@
 out: runs/foundation           # run folders: OUT/DATASET/MODEL[-VARIANT][-3class]-sSEED
 seeds: [0, 1, 2]
 overrides: [train.progress=false]   # applied to every cell
-workers: 1                     # runs at once (each a separate process)
+workers: 1                     # cells at once (local: processes; ray: CPUs of the private local Ray instance)
+backend: local                 # or ray (same as --backend)
+cpus_per_cell: 1               # ray backend: CPUs each cell reserves
 report: reports/foundation     # summary written to REPORT.md / REPORT.json
 grid:
   - models: [early_fusion, daf]
@@ -13,22 +15,43 @@ grid:
     variants:                  # optional: name -> overrides (ablations); "" is the plain model
       "": []
       static: [model.dynamic=false]
+    evaluate:                  # optional, after training: `dynafuse robust RUN` / `dynafuse transfer RUN --dataset T`
+      robustness: true
+      transfer: [mosei]
 ```
-A cell whose run folder has `metrics.json` is skipped; one with checkpoints but no metrics resumes.
+A cell whose run folder has `metrics.json` is not trained again; one with checkpoints but no metrics resumes.
+An evaluation runs when its result (`robustness.json`, `transfer-T.json`) is missing and the run's selected
+checkpoint is on this machine; a finished run without its checkpoint (e.g. a fresh clone) is listed, not retrained.
+
+Backends: `local` runs cells in a pool of child processes; `ray` runs each cell as a Ray task, on a private
+loopback-only Ray instance, or on the cluster at `$RAY_ADDRESS` (run folders, data and the text cache must then sit
+on a filesystem that every node sees at the same path). Both run the same `_run_cell` (`python -m dynafuse.cli
+train ...`, then the evaluations, output appended to the cell's `train.log`), so skipping, failures and the report
+are the same.
+
+A configuration chosen on valid by `dynafuse tune` (see `search.py`) enters a grid as a variant, to be trained over
+seeds and tested once: `variants: {tuned: [<best.yaml's overrides>]}`.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DynafuseError
+from ..io import safe_name
+
+BACKENDS = ("local", "ray")
+EVALUATIONS = ("robustness", "transfer")
 
 
 @dataclass
@@ -39,10 +62,14 @@ class Cell:
     task: str = "regression"
     variant: str = ""
     overrides: list[str] = field(default_factory=list)
+    evaluate: dict = field(default_factory=dict)
+    folder: str = ""  # a fixed folder name under `out` (tuning trials), instead of DATASET/MODEL-...
 
     def run_dir(self, out: Path) -> Path:
+        if self.folder:
+            return out / self.folder
         name = self.model + (f"-{self.variant}" if self.variant else "") + ("-3class" if self.task == "3class" else "")
-        return out / self.dataset.replace(":", "_").replace("/", "_") / f"{name}-s{self.seed}"
+        return out / safe_name(self.dataset) / f"{name}-s{self.seed}"
 
 
 def load_experiment(path: str | Path) -> dict:
@@ -52,6 +79,11 @@ def load_experiment(path: str | Path) -> dict:
     spec = yaml.safe_load(p.read_text()) or {}
     if "grid" not in spec:
         raise ConfigError("an experiment needs a 'grid' list", p)
+    for entry in spec["grid"]:
+        evaluate = entry.get("evaluate") or {}
+        unknown = set(evaluate) - set(EVALUATIONS)
+        if unknown or not isinstance(evaluate.get("transfer", []), list):
+            raise ConfigError(f"grid 'evaluate' takes robustness: true and transfer: [datasets], not {evaluate}", p)
     return spec
 
 
@@ -65,55 +97,166 @@ def expand(spec: dict) -> list[Cell]:
                 for variant, over in variants.items():
                     for seed in seeds:
                         cells.append(Cell(model, dataset, int(seed), entry.get("task", "regression"), variant or "",
-                                          [*spec.get("overrides", []), *entry.get("overrides", []), *over]))
+                                          [*spec.get("overrides", []), *entry.get("overrides", []), *over],
+                                          dict(entry.get("evaluate") or {})))
     return cells
 
 
-def _run_cell(cell: Cell, out: Path, data_dir: str | None) -> tuple[Cell, int, float]:
+def has_checkpoint(run: Path) -> bool:
+    """The run finished and its selected weights are on this machine (checkpoints are not committed)."""
+    try:
+        stages = json.loads((run / "run.json").read_text())["stages"]
+        return Path(list(stages.values())[-1]["best"]).exists()
+    except (OSError, ValueError, KeyError, IndexError):
+        return False
+
+
+def evaluations(cell: Cell, run: Path, data_dir: str | None) -> list[tuple[str, list[str]]]:
+    """The declared evaluations whose result file is missing, as (label, `dynafuse` arguments)."""
+    todo = []
+    if cell.evaluate.get("robustness") and not (run / "robustness.json").exists():
+        todo.append(("robust", ["robust", str(run)]))
+    for target in cell.evaluate.get("transfer") or []:
+        if not (run / f"transfer-{safe_name(target)}.json").exists():
+            todo.append((f"transfer {target}", ["transfer", str(run), "--dataset", target,
+                                                *(["--data-dir", data_dir] if data_dir else [])]))
+    return todo
+
+
+def steps(cell: Cell, out: Path, data_dir: str | None) -> list[tuple[str, list[str]]]:
+    """What is left to do for a cell, in order: train (unless finished), then the missing evaluations."""
     run = cell.run_dir(out)
-    args = [sys.executable, "-m", "dynafuse.cli", "train", "--model", cell.model, "--dataset", cell.dataset,
-            "--seed", str(cell.seed), "--task", cell.task, "--out", str(run), *cell.overrides]
+    if (run / "metrics.json").exists():
+        todo = evaluations(cell, run, data_dir)
+        return todo if todo and has_checkpoint(run) else []
+    args = ["train", "--model", cell.model, "--dataset", cell.dataset, "--seed", str(cell.seed), "--task", cell.task,
+            "--out", str(run), *cell.overrides]
     if cell.variant:
         args.append(f"variant={cell.variant}")
     if data_dir:
         args += ["--data-dir", data_dir]
     if (run / "checkpoints").exists():
         args.append("--resume")
+    return [("train", args), *evaluations(cell, run, data_dir)]
+
+
+def _call(args: list[str], log: Path, cwd: str | None) -> int:
+    """One `dynafuse` command in its own process, its output appended to `log`; returns the exit code."""
+    with open(log, "a") as f:
+        return subprocess.run([sys.executable, "-m", "dynafuse.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                              cwd=cwd).returncode
+
+
+def _run_cell(cell: Cell, out: Path, data_dir: str | None, cwd: str | None = None) -> tuple[Cell, str, int, float]:
+    """Do a cell's remaining steps, stopping at the first that fails: (cell, failed step or "", exit code, seconds).
+
+    The one function both backends run (a Ray task runs it in a Ray worker)."""
     started = time.time()
+    run = cell.run_dir(out)
     run.mkdir(parents=True, exist_ok=True)
-    with open(run / "train.log", "a") as log:
-        code = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT).returncode
-    return cell, code, time.time() - started
+    for label, args in steps(cell, out, data_dir):
+        code = _call(args, run / "train.log", cwd)
+        if code:
+            return cell, label, code, time.time() - started
+    return cell, "", 0, time.time() - started
+
+
+@contextmanager
+def ray_session(cpus: int):
+    """Connect to the Ray cluster at $RAY_ADDRESS, else start a private loopback-only instance with `cpus` CPUs."""
+    address = os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        # Ray's switch for single-machine use: every Ray service binds 127.0.0.1 (read at import, and by Ray's
+        # child processes through the environment); no usage reports either.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+        from ray._private import ray_constants
+    except ImportError:
+        raise DynafuseError("the ray backend needs Ray: pip install dynafuse[sweep]") from None
+    local = {}
+    if not address:
+        ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before the variable was set
+        local = {"num_cpus": cpus, "_system_config": {"enable_metrics_collection": False}}
+    ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
+             configure_logging=False, **local)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _local_results(jobs: list[tuple], workers: int):
+    # Threads only wait on child processes; each step runs in its own process.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done in as_completed([pool.submit(_run_cell, *job) for job in jobs]):
+            yield done.result()
+
+
+def _ray_results(jobs: list[tuple], workers: int, cpus_per_cell: float):
+    with ray_session(workers) as ray:
+        task = ray.remote(_run_cell).options(num_cpus=cpus_per_cell)
+        cell_of = {task.remote(*job): job[0] for job in jobs}
+        pending = list(cell_of)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                yield ray.get(done[0])
+            except ray.exceptions.RayError as e:  # the task itself died (worker killed, node lost): a failed cell
+                print(f"ray: {type(e).__name__}: {str(e).splitlines()[0]}", file=sys.stderr)
+                yield cell_of[done[0]], "ray task", -1, 0.0
+
+
+def run_cells(cells: list[Cell], out: Path, data_dir: str | None, backend: str = "local", workers: int = 1,
+              cpus_per_cell: float = 1, console=None) -> list[Cell]:
+    """Run the cells' remaining steps on a backend, printing each as it ends; return the failed ones, in order."""
+    cwd = os.getcwd()
+    if backend == "ray":  # Ray workers may start elsewhere: give them absolute paths and this folder as cwd
+        out, data_dir = out.resolve(), data_dir and str(Path(data_dir).resolve())
+        results = _ray_results([(c, out, data_dir, cwd) for c in cells], workers, cpus_per_cell)
+    else:
+        results = _local_results([(c, out, data_dir, cwd) for c in cells], workers)
+    failed = set()
+    for cell, step, code, secs in results:
+        status = "ok" if code == 0 else f"FAILED ({step} exit {code}, see train.log)"
+        if console:
+            console.print(f"{status:>8} {secs:7.1f}s  {cell.run_dir(out)}", markup=False)
+        if code:
+            failed.add(cell.run_dir(out))
+    return [c for c in cells if c.run_dir(out) in failed]
 
 
 def run_experiment(path: str | Path, data_dir: str | None = None, workers: int | None = None,
-                   dry_run: bool = False, report_only: bool = False) -> list[Cell]:
-    """Run every unfinished cell (local backend: a pool of processes) and return the failed ones."""
+                   dry_run: bool = False, report_only: bool = False, backend: str | None = None) -> list[Cell]:
+    """Run every unfinished cell and its missing evaluations; return the failed cells."""
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)  # long run paths stay on one line
     spec = load_experiment(path)
+    backend = backend or spec.get("backend", "local")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}", path)
     out = Path(spec.get("out", "runs/experiment"))
     cells = expand(spec)
-    todo = [c for c in cells if not (c.run_dir(out) / "metrics.json").exists()]
+    todo = [c for c in cells if steps(c, out, data_dir)]
     console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run -> {out}")
+    for c in cells:
+        run = c.run_dir(out)
+        if (run / "metrics.json").exists() and not has_checkpoint(run) and evaluations(c, run, data_dir):
+            console.print(f"  {run}: evaluations skipped, its checkpoint is not on this machine")
     if report_only:
         todo = []
     if dry_run:
         for c in todo:
-            console.print(f"  {c.run_dir(out)}  {' '.join(c.overrides)}")
+            console.print(f"  {c.run_dir(out)}  ({', '.join(s for s, _ in steps(c, out, data_dir))})  "
+                          f"{' '.join(c.overrides)}", markup=False)
         return []
-    failed = []
-    # Threads only wait on child processes; each cell trains in its own process.
-    with ThreadPoolExecutor(max_workers=workers or spec.get("workers", 1)) as pool:
-        for cell, code, secs in pool.map(lambda c: _run_cell(c, out, data_dir), todo):
-            status = "ok" if code == 0 else f"FAILED (exit {code}, see train.log)"
-            console.print(f"{status:>8} {secs:7.1f}s  {cell.run_dir(out)}")
-            if code:
-                failed.append(cell)
-    if spec.get("report"):  # only this experiment's cells, even when several experiments share `out`
-        from ..analysis.summary import find_runs, group_runs, write_summary
+    failed = run_cells(todo, out, data_dir, backend, workers or spec.get("workers", 1),
+                       spec.get("cpus_per_cell", 1), console) if todo else []
+    finished = [c.run_dir(out) for c in cells if (c.run_dir(out) / "run.json").exists()]
+    if spec.get("report") and finished:  # only this experiment's cells, even when several experiments share `out`
+        from ..analysis.report import write_report
 
-        runs = find_runs([c.run_dir(out) for c in cells if c.run_dir(out).exists()])
-        write_summary(group_runs(runs), spec["report"])
+        write_report(finished, spec["report"], data_dir=data_dir)
     return failed

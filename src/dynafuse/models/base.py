@@ -52,6 +52,16 @@ class ModelOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def gate_components(name: str, width: int, modalities: list[str]) -> list[str]:
+    """Column names of a (B, M) gate: DPDF-LQ's path gate mixes (global, local); a modality gate follows the
+    model's modality order; anything else is numbered."""
+    if name == "path" and width == 2:
+        return ["global", "local"]
+    if width == len(modalities):
+        return list(modalities)
+    return [name] if width == 1 else [str(i) for i in range(width)]
+
+
 # A loss term is called as term(out, batch, task=..., kind=...) and returns a scalar.
 LossTerm = Callable[..., torch.Tensor]
 

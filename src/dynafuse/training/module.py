@@ -7,6 +7,8 @@ import numpy as np
 import torch
 
 from .. import losses
+from ..errors import ConfigError
+from ..experiments.robustness import modality_dropout
 from ..metrics import compute_class_metrics, compute_metrics
 from ..models import create_model
 
@@ -26,6 +28,9 @@ class LitMSA(L.LightningModule):
         self.save_hyperparameters()
         self.model = create_model(model_name, input_dims, model_cfg)
         self.train_cfg, self.value_range = train_cfg, value_range
+        self.modality_dropout = float(train_cfg.get("modality_dropout") or 0.0)
+        if not 0.0 <= self.modality_dropout <= 1.0:
+            raise ConfigError(f"train.modality_dropout must be a probability in [0, 1], not {self.modality_dropout}")
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, batch):
@@ -45,7 +50,13 @@ class LitMSA(L.LightningModule):
         # Training progress in [0, 1), for schedules inside models (e.g. CrossSent's cosine ramp-up).
         self.model.progress = self.current_epoch / max(1, self.trainer.max_epochs or 1)
 
+    def augment(self, batch):
+        """Modality dropout (train.modality_dropout=P): in training only, never in validation or test."""
+        p = self.modality_dropout
+        return modality_dropout(batch, p, self.model.modalities) if p and self.training else batch
+
     def training_step(self, batch, _):
+        batch = self.augment(batch)
         loss, parts = self.compute_loss(self(batch), batch)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch))
         for k, v in parts.items():

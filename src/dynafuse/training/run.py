@@ -22,10 +22,12 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
+from ..analysis.summary import ordinal_stats
 from ..config import dump
 from ..data import Bundle, SplitDataset, load_dataset
 from ..data.text import attach_text
 from ..errors import ConfigError, DynafuseError
+from ..models.base import gate_components
 from ..io import atomic_write, atomic_write_json, atomic_write_text
 from .module import LitMSA, score_metrics
 
@@ -35,6 +37,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         atomic_write(path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
+
+
+def set_threads(cfg: dict) -> None:
+    """train.threads, else $DYNAFUSE_THREADS, else the cores shared by the run's processes (one per device).
+
+    On a busy machine DYNAFUSE_THREADS=1 avoids oversubscription."""
+    t = cfg["train"]
+    devices = t.get("devices", 1) if isinstance(t.get("devices", 1), int) else 1
+    threads = t.get("threads") or os.environ.get("DYNAFUSE_THREADS") or (os.cpu_count() or 1) // max(devices, 1)
+    torch.set_num_threads(max(1, int(threads)))
 
 
 def prepare_data(cfg: dict) -> Bundle:
@@ -81,18 +93,20 @@ def predict(lit: LitMSA, dl) -> dict[str, np.ndarray]:
 
 
 def evaluate(lit: LitMSA, bundle: Bundle, cfg: dict, run_dir: Path) -> dict:
-    """Score valid and test with the selected weights; write metrics.json and predictions.csv atomically."""
-    metrics, rows = {}, []
+    """Score valid and test with the selected weights; write metrics.json, ordinal.json (confusion over the
+    sentiment levels, qwk, jumps) and predictions.csv atomically."""
+    metrics, ordinal, rows = {}, {}, []
     modal_names = lit.model.modalities
     for split in ("valid", "test"):
         s = bundle.splits[split]
         out = predict(lit, loader(bundle, split, cfg, shuffle=False))
         metrics[split] = score_metrics(out["pred"], s.y, lit.model.task, bundle.value_range)
+        ordinal[split] = ordinal_stats(out["pred"], s.y, lit.model.task, bundle.value_range)
         for i in range(len(s)):
             row = {"split": split, "id": s.ids[i], "label": float(s.y[i]), "prediction": float(out["pred"][i])}
             for k, g in out.items():
                 if k.startswith("gate_"):
-                    names = modal_names if g.shape[1] == len(modal_names) else range(g.shape[1])
+                    names = gate_components(k[len("gate_"):], g.shape[1], modal_names)
                     row.update({f"{k}_{n}": round(float(v), 6) for n, v in zip(names, g[i])})
             rows.append(row)
     buf = io.StringIO()
@@ -100,6 +114,7 @@ def evaluate(lit: LitMSA, bundle: Bundle, cfg: dict, run_dir: Path) -> dict:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(run_dir / "predictions.csv", buf.getvalue())
+    atomic_write_json(run_dir / "ordinal.json", ordinal)
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -144,10 +159,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     t = cfg["train"]
     L.seed_everything(t.get("seed", 0), workers=True, verbose=False)
-    devices = t.get("devices", 1) if isinstance(t.get("devices", 1), int) else 1
-    # One process per device shares the cores; on a busy machine DYNAFUSE_THREADS=1 avoids oversubscription.
-    threads = t.get("threads") or os.environ.get("DYNAFUSE_THREADS") or (os.cpu_count() or 1) // max(devices, 1)
-    torch.set_num_threads(max(1, int(threads)))
+    set_threads(cfg)
 
     bundle = prepare_data(cfg)
     lit = build_module(cfg, bundle)
@@ -191,19 +203,24 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
     return metrics
 
 
-def load_run(run_dir: str | Path) -> tuple[dict, LitMSA, Bundle]:
-    """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint."""
+def read_run(run_dir: str | Path) -> tuple[dict, dict, Path]:
+    """A finished run's config, run.json and selected checkpoint (which must be on this machine)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise DynafuseError("not a run folder (no config.yaml)", run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    info_path = run_dir / "run.json"
-    if not info_path.exists():
+    if not (run_dir / "run.json").exists():
         raise DynafuseError("the run has not finished (no run.json); resume it with --resume", run_dir)
-    info = json.loads(info_path.read_text())
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    info = json.loads((run_dir / "run.json").read_text())
     best = Path(info["stages"][list(info["stages"])[-1]]["best"])
     if not best.exists():
-        raise DynafuseError("checkpoint missing", best)
+        raise DynafuseError("checkpoint missing (checkpoints stay on the machine that trained the run)", best)
+    return cfg, info, best
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, LitMSA, Bundle]:
+    """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint."""
+    cfg, info, best = read_run(run_dir)
     bundle = prepare_data(cfg)
     expected = {k: int(v) for k, v in info["input_dims"].items()}
     if bundle.input_dims() != expected:

@@ -1,0 +1,202 @@
+"""Robustness of a trained run at test time: missing modalities, feature noise, dropped tokens/frames.
+
+Every corruption is a function Batch -> Batch that leaves its input untouched and is deterministic given a
+`torch.Generator`. The same mask helper drives `modality_dropout`, the training-time augmentation
+(`train.modality_dropout=P`), so "a modality is missing" means one thing in training and in testing.
+
+Relative robustness follows MultiBench: the area under the metric-vs-level curve (trapezoid), divided by the
+level span so it stays on the metric's own scale.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.core import Batch
+from ..errors import ConfigError
+from ..io import atomic_write_json
+
+LEVELS = [round(i / 10, 1) for i in range(10)]  # 0, 0.1, ..., 0.9
+SHOWN = {"regression": ["mae", "corr", "acc2_non0", "acc7"], "3class": ["acc3", "f1_3"]}
+
+
+# ---- corruptions --------------------------------------------------------------------------------------------
+
+def set_missing(batch: Batch, rows: dict[str, torch.Tensor]) -> Batch:
+    """Mark modality m missing (all-false mask) on the samples where `rows[m]` (B,) is true.
+    Features stay as they are: a model must not read features under a false mask."""
+    mask = dict(batch.mask)
+    for m, r in rows.items():
+        mask[m] = batch.mask[m] & ~r.to(batch.mask[m].device)[:, None]
+    return replace(batch, mask=mask)
+
+
+def drop_modalities(batch: Batch, modalities) -> Batch:
+    """Every sample loses the given modalities."""
+    return set_missing(batch, {m: torch.ones(len(batch), dtype=torch.bool) for m in modalities})
+
+
+def add_noise(batch: Batch, modalities, level: float, std: dict[str, torch.Tensor],
+              generator: torch.Generator) -> Batch:
+    """x + level * std_m * N(0, 1) on valid positions only; `std[m]` (D,) is the train-split feature std,
+    so a level means the same for every feature dimension."""
+    if level == 0:
+        return batch
+    x = dict(batch.x)
+    for m in modalities:
+        v = batch.x[m]
+        noise = torch.randn(v.shape, generator=generator) * std[m].to(v) * level
+        x[m] = v + noise * batch.mask[m].unsqueeze(-1)
+    return replace(batch, x=x)
+
+
+def drop_positions(batch: Batch, modalities, level: float, generator: torch.Generator) -> Batch:
+    """Each valid token/frame becomes invalid with probability `level`; a sample that had the modality keeps
+    at least one position (its least likely dropped one), so noise never turns into a missing modality."""
+    if level == 0:
+        return batch
+    mask = dict(batch.mask)
+    for m in modalities:
+        valid = batch.mask[m]
+        r = torch.rand(valid.shape, generator=generator)
+        kept = valid & (r >= level)
+        keep_one = torch.nn.functional.one_hot(torch.where(valid, r, -1.0).argmax(1), valid.shape[1]).bool()
+        lost = valid.any(1) & ~kept.any(1)
+        mask[m] = kept | (keep_one & lost[:, None])
+    return replace(batch, mask=mask)
+
+
+def modality_dropout(batch: Batch, p: float, modalities, generator: torch.Generator | None = None) -> Batch:
+    """Training augmentation: each sample drops each modality it has with probability p, but keeps at least
+    one of them (a random one). Uses torch's global RNG unless given a generator (Lightning seeds it)."""
+    present = torch.stack([batch.present(m) for m in modalities], 1)  # (B, M)
+    drop = (torch.rand(present.shape, generator=generator) < p) & present
+    none_left = present.any(1) & ~(present & ~drop).any(1)
+    pick = torch.where(present, torch.rand(present.shape, generator=generator), -1.0).argmax(1)
+    drop[none_left, pick[none_left]] = False
+    return set_missing(batch, {m: drop[:, i] for i, m in enumerate(modalities)})
+
+
+def relative_robustness(levels, values) -> float:
+    """Area under the curve (trapezoid) divided by the level span: on the metric's own scale."""
+    levels, values = np.asarray(levels, float), np.asarray(values, float)
+    span = levels[-1] - levels[0]
+    area = float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(levels)))
+    return area / span if span else float(values[0])
+
+
+# ---- evaluation of a run ------------------------------------------------------------------------------------
+
+def parse_levels(text: str) -> list[float]:
+    """`0,0.2,0.4` -> [0.0, 0.2, 0.4]."""
+    try:
+        return check_levels([float(v) for v in text.split(",")])
+    except ValueError:
+        raise ConfigError(f"--levels must be comma-separated numbers, not {text!r}") from None
+
+
+def check_levels(levels) -> list[float]:
+    levels = [float(v) for v in levels]
+    if len(levels) < 2 or any(b <= a for a, b in zip(levels, levels[1:])) or not 0 <= levels[0] <= levels[-1] <= 1:
+        raise ConfigError(f"corruption levels must be at least two increasing values in [0, 1], not {levels}")
+    return levels
+
+
+def _score(lit, bundle, cfg, split: str, corrupt) -> dict:
+    from ..training.module import score_metrics
+    from ..training.run import loader, predict
+
+    out = predict(lit, (corrupt(b) for b in loader(bundle, split, cfg, shuffle=False)))
+    return score_metrics(out["pred"], bundle.splits[split].y, lit.model.task, bundle.value_range)
+
+
+def _curves(score, names: dict[str, list[str]], levels, clean: dict, make, seed: int) -> dict:
+    """metric -> values over the levels, per named modality set; `make(batch, mods, level, gen)` corrupts a batch.
+    Level 0 leaves the batch as it is, so it reuses the clean scores; "all" over one modality reuses its curve."""
+    curves, done = {}, {}
+    for name, mods in names.items():
+        if tuple(mods) in done:
+            curves[name] = curves[done[tuple(mods)]]
+            continue
+        done[tuple(mods)], rows = name, []
+        for level in levels:
+            if level == 0:
+                rows.append(clean)
+                continue
+            gen = torch.Generator().manual_seed(seed)  # same draws at every level: smoother curves
+            rows.append(score(lambda b, mods=mods, level=level, gen=gen: make(b, mods, level, gen)))
+        curves[name] = {k: [float(r[k]) for r in rows] for k in clean if k != "n"}
+    return curves
+
+
+def robustness_run(run_dir: str | Path, split: str = "test", seed: int = 0, levels=None) -> dict:
+    """Evaluate a finished run under every corruption and write `RUN_DIR/robustness.json` atomically."""
+    from ..training.run import load_run, set_threads
+
+    run_dir, levels = Path(run_dir), check_levels(LEVELS if levels is None else levels)
+    cfg, lit, bundle = load_run(run_dir)
+    if split not in bundle.splits:
+        raise ConfigError(f"the run's dataset has no {split!r} split", run_dir)
+    set_threads(cfg)
+    started = time.time()
+    model = lit.model
+    mods = list(model.modalities)
+
+    def score(corrupt):
+        return _score(lit, bundle, cfg, split, corrupt)
+
+    clean = score(lambda b: b)
+    drop = {"+".join(sorted(s)): score(lambda b, s=s: drop_modalities(b, s))
+            for k in range(1, len(mods)) for s in combinations(mods, k)}
+
+    # Token ids (a fine-tuned backbone's text) have no feature scale to add noise to.
+    std = {m: getattr(model, f"std_{m}").detach() for m in mods if hasattr(model, f"std_{m}")}
+    noise_skipped = {m: "token ids" for m in mods if m not in std}
+    noisy = {m: [m] for m in std} | ({"all": list(std)} if std else {})
+    noise = _curves(score, noisy, levels, clean, lambda b, ms, lv, g: add_noise(b, ms, lv, std, g),
+                    seed)
+
+    # A modality with one position per sample (an utterance vector) cannot lose tokens without going missing.
+    lengths = bundle.splits[split].lengths
+    droppable = [m for m in mods if int(np.max(lengths[m], initial=0)) > 1]
+    drop_skipped = {m: "one position per sample" for m in mods if m not in droppable}
+    tokens = _curves(score, {m: [m] for m in droppable} | ({"all": droppable} if droppable else {}), levels,
+                     clean, drop_positions, seed)
+
+    rel = {f"{kind}/{name}": {k: relative_robustness(levels, v) for k, v in curve.items()}
+           for kind, curves in (("noise", noise), ("token_drop", tokens)) for name, curve in curves.items()}
+    result = {
+        "run": str(run_dir), "model": cfg["model"]["name"], "dataset": cfg["data"]["name"], "split": split,
+        "seed": seed, "task": model.task, "modalities": mods, "clean": clean, "drop": drop,
+        "noise": {"levels": levels, "curves": noise, "skipped": noise_skipped},
+        "token_drop": {"levels": levels, "curves": tokens, "skipped": drop_skipped},
+        "relative_robustness": rel, "seconds": round(time.time() - started, 1),
+    }
+    atomic_write_json(run_dir / "robustness.json", result)
+    return result
+
+
+def print_robustness(result: dict) -> None:
+    """One row per condition: clean, each dropped set, then the relative robustness of each curve."""
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = SHOWN.get(result["task"], SHOWN["regression"])
+    t = Table(title=f"{result['model']} on {result['dataset']} {result['split']}: robustness (seed {result['seed']})")
+    t.add_column("condition")
+    for k in keys:
+        t.add_column(k, justify="right")
+    rows = {"clean": result["clean"], **{f"drop {k}": v for k, v in result["drop"].items()},
+            **{f"RR {k}": v for k, v in result["relative_robustness"].items()}}
+    for name, m in rows.items():
+        t.add_row(name, *[f"{m[k]:.3f}" for k in keys])
+    Console().print(t)
+    for kind in ("noise", "token_drop"):
+        for m, why in result[kind]["skipped"].items():
+            Console().print(f"[dim]{kind} on {m} skipped: {why}[/dim]")

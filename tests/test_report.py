@@ -1,0 +1,152 @@
+"""`dynafuse report` over synthetic run folders (made-up metrics, predictions and robustness/transfer files)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from dynafuse.analysis.report import write_report
+from dynafuse.analysis.summary import ordinal_stats
+from dynafuse.cli import main
+from dynafuse.errors import DataError, DynafuseError
+from dynafuse.metrics import compute_metrics
+
+LEVELS = [0.0, 0.5, 1.0]
+
+
+def synthetic_run(root, model, seed, variant="", noise=0.8, ordinal="json", robust=False, transfer=False):
+    """A finished run folder with synthetic labels and predictions (not real data), as the trainer writes it."""
+    d = root / "mosi" / f"{model}{'-' + variant if variant else ''}-s{seed}"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(seed + 10 * len(model))
+    splits = {}
+    for split, n in (("valid", 40), ("test", 60)):
+        y = rng.uniform(-3, 3, n).round(1)
+        splits[split] = (y, y + rng.normal(0, noise, n))
+    (d / "config.yaml").write_text(yaml.safe_dump({"model": {"name": model, "task": "regression"},
+                                                   "data": {"name": "mosi"}, "variant": variant}))
+    (d / "run.json").write_text(json.dumps({"model": model, "dataset": "mosi", "seed": seed, "params": 1000,
+                                            "value_range": 3.0, "stages": {"main": {"epochs": 2, "seconds": 1.0}}}))
+    metrics = {s: compute_metrics(p, y) for s, (y, p) in splits.items()}
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    if ordinal == "json":
+        (d / "ordinal.json").write_text(json.dumps({s: ordinal_stats(p, y) for s, (y, p) in splits.items()}))
+    elif ordinal == "predictions":
+        rows = ["split,id,label,prediction"] + [f"{s},{s}_{i},{y[i]},{p[i]}" for s, (y, p) in splits.items()
+                                                for i in range(len(y))]
+        (d / "predictions.csv").write_text("\n".join(rows) + "\n")
+    if robust:
+        clean = metrics["test"]
+        curve = {"mae": [clean["mae"] + lv * (1 + seed) for lv in LEVELS],
+                 "corr": [clean["corr"] - lv / 4 for lv in LEVELS]}
+        (d / "robustness.json").write_text(json.dumps({
+            "run": str(d), "model": model, "dataset": "mosi", "split": "test", "seed": 0, "task": "regression",
+            "clean": clean, "drop": {"audio": {**clean, "mae": clean["mae"] + 0.1}, "text": {**clean, "mae": 1.4}},
+            "noise": {"levels": LEVELS, "curves": {"text": curve, "all": curve}, "skipped": {}},
+            "token_drop": {"levels": LEVELS, "curves": {"text": curve}, "skipped": {}},
+            "relative_robustness": {"noise/text": {"mae": 1.0 + seed, "corr": 0.5},
+                                    "noise/all": {"mae": 1.2, "corr": 0.4},
+                                    "token_drop/text": {"mae": 1.1, "corr": 0.45}}}))
+    if transfer:
+        (d / "transfer-mosei.json").write_text(json.dumps({
+            "run": str(d), "model": model, "source": "mosi", "target": "mosei", "split": "test",
+            "metrics": {**metrics["test"], "mae": 1.0 + seed / 10}, "in_domain": metrics["test"], "n": 60,
+            "missing_modalities": ["audio"], "notes": "synthetic transfer note"}))
+    return d
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    for s in range(3):
+        synthetic_run(root, "daf", s, noise=0.6, robust=True, transfer=True)
+        synthetic_run(root, "daf", s, variant="static", noise=0.9, ordinal="predictions")
+        synthetic_run(root, "early_fusion", s, noise=1.0, ordinal="none" if s == 0 else "json")
+    return root
+
+
+def test_report_writes_every_output(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNAFUSE_ANCHORS", str(tmp_path / "no-anchors.csv"))
+    before = sorted(p for p in runs.rglob("*"))
+    md = write_report([runs], tmp_path / "rep" / "synthetic")
+    assert sorted(p for p in runs.rglob("*")) == before  # nothing written into the run folders
+    out = tmp_path / "rep"
+    for f in ("synthetic.md", "synthetic.html", "synthetic.csv", "synthetic_summary.csv", "synthetic.json"):
+        assert (out / f).stat().st_size > 0, f
+    figs = sorted(p.name for p in (out / "synthetic_figures").iterdir())
+    assert figs == ["mosi-regression-confusion.png", "mosi-regression-metrics.png", "mosi-regression-robustness.png"]
+    assert (out / "synthetic.md").read_text() == md
+
+    # main table: mean ± std per model, the ablation as `model [variant]`
+    assert "| daf [static] | 3 |" in md and "| early_fusion | 3 |" in md and " ± " in md
+    assert "published" not in md  # no anchors file: no published section
+    # ordinal: from ordinal.json, from predictions.csv, and skipped for the run with neither
+    assert "Best model by mean mae: **daf**" in md
+    report = json.loads((out / "synthetic.json").read_text())
+    table = report["extras"]["ordinal"]["mosi/regression"]["table"]
+    assert set(table) == {"daf", "daf [static]", "early_fusion"}
+    assert sum(map(sum, report["extras"]["ordinal"]["mosi/regression"]["confusion"])) == 3 * 60
+    # robustness and transfer: mean ± std over the three seeds
+    assert "| daf | 3 | 2.000 ± 1.000 | 1.200 ± 0.000 | 1.100 ± 0.000 |" in md
+    assert "drop audio" in md and "mosi → mosei" in md and "synthetic transfer note" in md
+    rr = report["extras"]["robustness"]["mosi/regression"]["relative_robustness"]["daf"]["noise/text"]["mae"]
+    assert rr == pytest.approx({"mean": 2.0, "std": 1.0})
+    assert report["extras"]["transfer"][0]["zero_shot"]["mae"]["mean"] == pytest.approx(1.1)
+
+    html = (out / "synthetic.html").read_text()
+    assert html.count("<table>") == md.count("\n|---|") and "data:image/png;base64," in html
+
+    with open(out / "synthetic.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and {"dataset", "model", "variant", "task", "seed", "mae", "corr", "qwk"} <= set(rows[0])
+    with open(out / "synthetic_summary.csv") as f:
+        agg = {r["model"] + r["variant"]: r for r in csv.DictReader(f)}
+    maes = [float(r["mae"]) for r in rows if r["model"] == "daf" and not r["variant"]]
+    assert float(agg["daf"]["mae_mean"]) == pytest.approx(np.mean(maes))
+    assert float(agg["daf"]["mae_std"]) == pytest.approx(np.std(maes, ddof=1))
+
+
+def test_report_shows_published_rows_beside_ours(runs, tmp_path, data_dir, monkeypatch):
+    monkeypatch.delenv("DYNAFUSE_ANCHORS", raising=False)
+    md = write_report([runs], tmp_path / "rep" / "with_anchors", data_dir=data_dir)
+    assert "published — different features (BERT + COVAREP/Facet), not like-for-like" in md
+    assert "| MulT | DPDF-LQ Table 1 (from M-SENA) |" in md
+    report = json.loads((tmp_path / "rep" / "with_anchors.json").read_text())
+    assert any(r["model"] == "DPDF-LQ" for r in report["anchors"]["mosi"])
+
+
+def test_explain_figures_are_linked(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNAFUSE_ANCHORS", str(tmp_path / "no-anchors.csv"))
+    ex = runs / "mosi" / "daf-s0" / "explain"
+    ex.mkdir()
+    (ex / "gates.png").write_bytes(b"synthetic")
+    md = write_report([runs], tmp_path / "rep" / "r")
+    assert "[gates.png](../runs/mosi/daf-s0/explain/gates.png)" in md
+
+
+def test_missing_or_empty_folder_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(DynafuseError, match="no such run folder"):
+        write_report([tmp_path / "nope"], tmp_path / "r")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DynafuseError, match="no finished runs"):
+        write_report([tmp_path / "empty"], tmp_path / "r")
+    assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dynafuse: error:") and "nope" in err and "Traceback" not in err
+
+
+def test_malformed_robustness_file_names_the_file(runs, tmp_path):
+    bad = runs / "mosi" / "daf-s1" / "robustness.json"
+    bad.write_text("{truncated")
+    with pytest.raises(DataError, match="robustness.json: not valid JSON"):
+        write_report([runs], tmp_path / "r")
+
+
+def test_cli_report(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DYNAFUSE_ANCHORS", str(tmp_path / "no-anchors.csv"))
+    assert main(["report", str(runs / "mosi"), "--out", str(tmp_path / "cli" / "r"), "--split", "valid"]) == 0
+    assert "valid split" in (tmp_path / "cli" / "r.md").read_text()
