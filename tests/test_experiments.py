@@ -43,8 +43,10 @@ def test_run_experiment_skips_finished_cells_and_summarises(tmp_path, data_dir):
     path.write_text(yaml.safe_dump(spec))
     assert run_experiment(path, data_dir=str(data_dir), workers=2) == []
     report = json.loads((tmp_path / "report.json").read_text())
-    assert {(g["model"], g["variant"], g["n_seeds"]) for g in report} == {("early_fusion", "", 2), ("early_fusion", "d32", 2)}
+    groups = {(g["model"], g["variant"], g["n_seeds"]) for g in report["groups"]}
+    assert groups == {("early_fusion", "", 2), ("early_fusion", "d32", 2)}
     assert "± " in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report.html").exists() and (tmp_path / "report_figures").is_dir()
     stamp = (tmp_path / "runs/mosi/early_fusion-d32-s1/metrics.json").stat().st_mtime
     assert run_experiment(path, data_dir=str(data_dir)) == []  # everything finished: nothing reruns
     assert (tmp_path / "runs/mosi/early_fusion-d32-s1/metrics.json").stat().st_mtime == stamp
