@@ -100,7 +100,8 @@ def install_hooks(record: dict) -> None:
 def data_shapes(pkl: Path) -> tuple[list[int], list[int]]:
     """Feature dims and sequence lengths (T, A, V) of the converted data, read from its sidecar."""
     info = json.loads(pkl.with_suffix(".json").read_text())
-    return [info["dims"][m] for m in ("text", "audio", "vision")], [info["seq_lens"][m] for m in ("text", "audio", "vision")]
+    order = ("text", "audio", "vision")
+    return [info["dims"][m] for m in order], [info["seq_lens"][m] for m in order]
 
 
 def config_overrides(model: str, dims: list[int], seq_lens: list[int]) -> tuple[dict, dict]:

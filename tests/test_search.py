@@ -109,7 +109,7 @@ def test_search_file_errors(tmp_path):
     assert search.direction("mae") == "minimize" and search.direction("acc2_has0") == "maximize"
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # ~2 min of real training; the fast tests cover selection and resume
 def test_optuna_search_on_real_data_resumes(tmp_path, data_dir):
     path = _write(tmp_path, trials=2, overrides=["train.progress=false", "train.max_epochs=1", "data.limit=100"],
                   space={"train.lr": {"loguniform": [1e-4, 3e-3]}, "model.dropout": {"uniform": [0.0, 0.3]}})
