@@ -55,6 +55,7 @@ def cmd_datasets(_):
 
 def cmd_train(a):
     from .config import build_config
+    from .io import safe_name
     from .training import train
 
     overrides = list(a.overrides)
@@ -64,7 +65,7 @@ def cmd_train(a):
     if a.allow_pickle:
         overrides.append("data.options.allow_pickle=true")
     cfg = build_config(a.model, a.dataset, overrides, a.config)
-    out = Path(a.out or f"runs/{a.model}-{a.dataset.replace(':', '_').replace('/', '_')}-s{a.seed}")
+    out = Path(a.out or f"runs/{a.model}-{safe_name(a.dataset)}-s{a.seed}")
     metrics = train(cfg, out, resume=a.resume, force=a.force)
     if metrics:
         print_metrics(metrics, f"{a.model} on {a.dataset} (seed {a.seed}) -> {out}")
