@@ -5,7 +5,11 @@ PY     := $(VENV)/bin/python
 DYNAFUSE_DATA ?= $(abspath ../shared/datasets)
 export DYNAFUSE_DATA
 
-.PHONY: demo test test-heavy install clean
+# Installed without their declared deps, which would pull jax, opencv and tensorflow; the few runtime deps
+# they need are in the `media` extra. (Users: pip install "dynafuse[media]" && pip install --no-deps $(MEDIA_NODEPS))
+MEDIA_NODEPS := mediapipe==0.10.14 facex
+
+.PHONY: demo test test-heavy install media clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e ".[test]"
+	$(VENV)/bin/pip install -q --no-deps $(MEDIA_NODEPS)
 	touch $@
+
+# Only the raw-video stack (already part of `install`): decoding, openSMILE, FaceMesh, facex, ASR.
+media:
+	test -x $(PY) || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q torch==2.13.0)
+	$(VENV)/bin/pip install -q -e ".[media]"
+	$(VENV)/bin/pip install -q --no-deps $(MEDIA_NODEPS)
 
 demo: install
 	$(VENV)/bin/dynafuse demo

@@ -15,14 +15,16 @@ text = readme.read_text()
 
 def fill(match: re.Match) -> str:
     name = match.group(1)
-    report = root / "reports" / f"{name}.md"
+    rel = f"{name}.md" if "/" in name else f"reports/{name}.md"  # NAME, or a repo-relative path such as benchmarks/…
+    report = root / rel
     if not report.exists():
-        return f"<!-- report:{name} -->\n(run the command above to produce reports/{name}.md)\n<!-- /report -->"
+        return f"<!-- report:{name} -->\n(run the command above to produce {rel})\n<!-- /report -->"
     body = re.sub(r"^# .*\n+", "", report.read_text().strip() + "\n", count=1)  # the report's own title
     body = re.sub(r"^(#{2,4}) ", lambda m: "#" * min(len(m.group(1)) + 2, 6) + " ", body, flags=re.M)
-    body = re.sub(r"\]\(((?!https?:|/)[^)]+\.(?:png|html|md|csv|json))\)", r"](reports/\1)", body)
+    folder = str(Path(rel).parent)
+    body = re.sub(r"\]\(((?!https?:|/)[^)]+\.(?:png|html|md|csv|json))\)", rf"]({folder}/\1)", body)
     return f"<!-- report:{name} -->\n{body.strip()}\n<!-- /report -->"
 
 
-readme.write_text(re.sub(r"<!-- report:([\w-]+) -->.*?<!-- /report -->", fill, text, flags=re.S))
+readme.write_text(re.sub(r"<!-- report:([\w/.-]+) -->.*?<!-- /report -->", fill, text, flags=re.S))
 print("README.md updated from reports/")

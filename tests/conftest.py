@@ -87,3 +87,25 @@ def garbage_padding(batch: Batch, extra: int = 3) -> Batch:
         keep = mask[m].view(b, t + extra, *([1] * (v.dim() - 2)))
         x[m] = torch.where(keep, full, noise)
     return Batch(x=x, mask=mask, y=batch.y, index=batch.index, y_uni=batch.y_uni)
+
+
+@pytest.fixture(scope="session")
+def media_clips() -> dict[str, Path]:
+    """Small real clips (face video, espeak speech, silent, corrupt...) by name; see tests/media_clips.py."""
+    from media_clips import build_clips
+
+    return build_clips(REPO / ".cache" / "media" / "clips")
+
+
+@pytest.fixture(scope="session")
+def extracted(tmp_path_factory, media_clips):
+    """The source folder and one extraction with a process pool of 2 workers."""
+    for module in ("av", "faster_whisper", "opensmile"):
+        pytest.importorskip(module, reason="the media extra is not installed")
+    from dynafuse.media.extract import extract_dataset
+    from media_clips import make_source
+
+    root = tmp_path_factory.mktemp("extract")
+    src = make_source(root / "src", media_clips)
+    summary = extract_dataset(src, root / "out", workers=2, progress=False)
+    return src, root / "out", summary

@@ -116,7 +116,7 @@ def test_checkpoint_dims_mismatch_is_a_clear_error(data_dir, tmp_path):
     info = json.loads((tmp_path / "run.json").read_text())
     info["input_dims"]["text"] = 768
     (tmp_path / "run.json").write_text(json.dumps(info))
-    with pytest.raises(ConfigError, match="do not match"):
+    with pytest.raises(ConfigError, match=r"does not fit .*mean_text.*\[384\].*\[768\]"):
         load_run(tmp_path)
     r = cli("eval", "--run", str(tmp_path))
-    assert r.returncode == 2 and "do not match" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "does not fit" in r.stderr and "Traceback" not in r.stderr

@@ -59,13 +59,14 @@ def test_label_range_mismatch_is_refused(mosi_run, data_dir):
 
 @pytest.mark.slow
 def test_dimension_mismatch_names_the_modality(mosi_run, data_dir, tmp_path):
-    """A checkpoint whose audio is 5-dim cannot read MOSI's 73-dim audio (run.json edited in a copy)."""
+    """run.json says audio is 5-dim but the checkpoint holds 73: a one-line error naming the tensor and both
+    shapes, before any data is read (run.json edited in a copy)."""
     run = tmp_path / "run"
     shutil.copytree(mosi_run, run)
     info = json.loads((run / "run.json").read_text())
     info["input_dims"]["audio"] = 5
     (run / "run.json").write_text(json.dumps(info))
-    with pytest.raises(ConfigError, match=r"'audio' has dim 73 in mosi but 5"):
+    with pytest.raises(ConfigError, match=r"does not fit.*mean_audio.*\[73\].*\[5\]"):
         transfer_run(run, "mosi", data_dir=data_dir, limit=20)
 
 

@@ -50,7 +50,9 @@ def cmd_datasets(_):
     from .data import DESCRIPTIONS
     from .data.formats import READERS
 
-    _table({**DESCRIPTIONS, **{f"{k}:PATH": f"a user's {k.upper()} pickle (needs --allow-pickle)" for k in READERS}})
+    kinds = {k: f"a user's {k.upper()} pickle (needs --allow-pickle)" for k in READERS}
+    kinds["path"] = "a folder written by `dynafuse extract` (features from raw clips)"
+    _table({**DESCRIPTIONS, **{f"{k}:PATH": v for k, v in kinds.items()}})
 
 
 def cmd_train(a):
@@ -176,6 +178,41 @@ def cmd_explain(a):
     print(f"wrote {out}/explain.json" + "".join(f", {f}" for f in info["figures"]))
 
 
+def cmd_predict(a):
+    import json
+
+    from .media.predict import Predictor, print_prediction
+
+    predictor = Predictor(a.run, asr_model=None if a.no_asr else "tiny.en")
+    failed = []
+    for clip in a.clips:  # one warm model and pipeline for every clip; a bad clip does not stop the others
+        try:
+            result = predictor(clip, a.transcript)
+        except DynafuseError as e:
+            failed.append(clip)
+            print(f"dynafuse: error: {e}", file=sys.stderr)
+            continue
+        print(json.dumps(result, ensure_ascii=False) if a.json else "", end="\n" if a.json else "")
+        if not a.json:
+            print_prediction(result)
+    if failed:
+        raise DynafuseError(f"{len(failed)} of {len(a.clips)} clips could not be scored (see above)")
+
+
+def cmd_extract(a):
+    from .media.extract import extract_dataset, print_summary
+
+    media = {m: ({"extractor": getattr(a, m)} if getattr(a, m) != "none" else None)
+             for m in ("audio", "vision") if getattr(a, m)}
+    try:
+        summary = extract_dataset(a.src, a.out, workers=a.workers, layout=a.layout, transcripts=a.transcripts,
+                                  limit=a.limit, value_range=a.value_range, media=media)
+    except KeyboardInterrupt:
+        print("dynafuse: interrupted; finished clips are cached: rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    print_summary(summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dynafuse", description="Dynamic multimodal fusion for sentiment analysis")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -255,6 +292,26 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--split", default="test", choices=["valid", "test"])
     rp.add_argument("--data-dir", help="datasets folder whose ../anchors holds the published rows")
     rp.set_defaults(fn=cmd_report)
+    xt = sub.add_parser("extract", help="features from raw clips (label.csv + Raw/<video_id>/<clip_id>.mp4), "
+                                        "resumably; train on them with --dataset path:OUT")
+    xt.add_argument("src", help="folder with label.csv and Raw/ (the MMSA-FET layout)")
+    xt.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    xt.add_argument("--workers", type=int, default=1, help="clips at once, one process each")
+    xt.add_argument("--layout", choices=["aligned", "unaligned", "utterance"], help="default: aligned")
+    xt.add_argument("--transcripts", choices=["label", "asr"], default="label",
+                    help="label.csv's text (timed by ASR; blank ones transcribed) or ASR for every clip")
+    xt.add_argument("--audio", help="audio extractor: egemaps (default), compare or none")
+    xt.add_argument("--vision", help="vision extractor: face (default) or none")
+    xt.add_argument("--limit", type=int, help="first N rows of label.csv only (quick checks)")
+    xt.add_argument("--value-range", type=float, help="labels lie in [-R, R] (default: 1 if all |label| <= 1, else 3)")
+    xt.set_defaults(fn=cmd_extract)
+    pr = sub.add_parser("predict", help="score raw clips (video or audio) with a trained run")
+    pr.add_argument("clips", nargs="+", help="video or audio files")
+    pr.add_argument("--run", required=True, help="a finished run folder (with its local checkpoint)")
+    pr.add_argument("--transcript", help="what is said (default: transcribed with whisper tiny.en)")
+    pr.add_argument("--no-asr", action="store_true", help="never run ASR (a transcript's words are timed evenly)")
+    pr.add_argument("--json", action="store_true", help="one JSON object per clip")
+    pr.set_defaults(fn=cmd_predict)
     ex = sub.add_parser("explain", help="gate distributions, attention maps and t-SNE of a trained run")
     ex.add_argument("run")
     ex.add_argument("--out", help="output folder (default RUN/explain)")

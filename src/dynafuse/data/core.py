@@ -94,6 +94,9 @@ class Bundle:
     value_range: float = 3.0  # labels live in [-value_range, value_range]
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    # how each modality's features were made (extractor, dim, layout); `dynafuse predict` uses a modality only
+    # when it can make the same features from a clip
+    feature_spec: dict = field(default_factory=dict)
 
     @property
     def reference(self) -> Split:

@@ -6,6 +6,7 @@ Unpickling runs code stored in the file, so every reader refuses unless the user
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .core import Bundle, Split, pad_sequences
-from .tables import SPLITS, existing
+from .registry import UNI_COLUMNS
+from .tables import SPLITS, existing, read_label_csv
 
 MODALITIES = ("text", "audio", "vision")
 
@@ -234,4 +236,79 @@ def read_misa(path: str | Path, allow_pickle: bool = False, split: str = "valid"
     return _bundle(p.stem, splits, p, value_range, fix_nonfinite, sources=files)
 
 
-READERS = {"mmsa": read_mmsa, "mult": read_mult, "misa": read_misa}
+# ---- a folder written by `dynafuse extract` (meta.json, label.csv, audio/vision .npy) -----------
+
+FEATURES_FORMAT = "dynafuse-features"
+
+
+def _features_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(existing(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"not a readable meta.json ({e})", path) from None
+    if not isinstance(meta, dict) or meta.get("format") != FEATURES_FORMAT:
+        raise DataError(f"not a `dynafuse extract` output (format must be {FEATURES_FORMAT!r})", path)
+    if not isinstance(meta.get("feature_spec"), dict):
+        raise DataError("meta.json has no feature_spec", path)
+    return meta
+
+
+def _features_npy(path: Path, n: int, dim: int, mmap: bool) -> np.ndarray:
+    """An (N, T, D) float32 array (memory-mapped unless it must be edited in place)."""
+    try:
+        a = np.load(existing(path), mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"corrupt or truncated .npy ({e})", path) from None
+    if a.ndim != 3 or len(a) != n or a.shape[2] != dim or a.dtype != np.float32:
+        raise DataError(f"expected float32 ({n}, T, {dim}) for the {n} rows of label.csv, "
+                        f"got {a.dtype} {a.shape}", path)
+    return a
+
+
+def _features_lengths(path: Path, n: int) -> np.ndarray:
+    try:
+        a = np.load(existing(path), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"corrupt or truncated .npy ({e})", path) from None
+    if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer):
+        raise DataError(f"expected ({n},) integer lengths, got {a.dtype} {a.shape}", path)
+    return a.astype(np.int64)
+
+
+def _rows(modes: np.ndarray, split: str) -> slice | np.ndarray:
+    """The rows of a split; a contiguous block (as extract writes them) as a slice, so memmaps stay mapped."""
+    rows = np.nonzero(modes == split)[0]
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
+def read_path(path: str | Path, value_range: float | None = None, fix_nonfinite: bool = False, **_) -> Bundle:
+    """A folder made by `dynafuse extract`: transcripts (encoded at train time), memory-mapped audio/vision.
+
+    The feature spec comes from meta.json, with the text backbone/max_len it was made with: for the aligned
+    layout, training must tokenize the same way (data/text.py `attach_text` checks)."""
+    root = existing(path, "folder")
+    meta = _features_meta(root / "meta.json")
+    table = read_label_csv(root / "label.csv", allow_empty_text=True)
+    n, spec = len(table["ids"]), dict(meta["feature_spec"])
+    feats, lengths = {}, {}
+    for m in ("audio", "vision"):
+        if spec.get(m):
+            feats[m] = _features_npy(root / f"{m}.npy", n, int(spec[m]["dim"]), mmap=not fix_nonfinite)
+            lengths[m] = _features_lengths(root / f"{m}_lengths.npy", n)
+    splits = {}
+    for s in SPLITS:
+        rows = _rows(table["mode"], s)
+        splits[s] = Split(ids=table["ids"][rows], y=table["label"][rows], raw_text=table["text"][rows],
+                          features={m: a[rows] for m, a in feats.items()},
+                          lengths={m: a[rows] for m, a in lengths.items()},
+                          unimodal={m: table[c][rows] for m, c in UNI_COLUMNS.items() if c in table})
+    bundle = _bundle(meta.get("name") or root.name, splits, root,
+                     meta.get("value_range") if value_range is None else value_range, fix_nonfinite,
+                     notes=list(meta.get("notes") or []))
+    bundle.feature_spec = spec
+    return bundle
+
+
+READERS = {"mmsa": read_mmsa, "mult": read_mult, "misa": read_misa, "path": read_path}

@@ -22,8 +22,11 @@ def existing(path: str | Path, what: str = "file") -> Path:
     return p
 
 
-def read_label_csv(path: str | Path, text_column: str = "text") -> dict[str, np.ndarray]:
-    """Read an MMSA `label.csv` into column arrays; ids are `<video_id>_<clip_id>`."""
+def read_label_csv(path: str | Path, text_column: str = "text",
+                   allow_empty_text: bool = False) -> dict[str, np.ndarray]:
+    """Read an MMSA `label.csv` into column arrays; ids are `<video_id>_<clip_id>`.
+
+    `allow_empty_text`: a blank transcript is kept as "" (extracted clips where ASR heard no words)."""
     p = existing(path)
     try:
         with open(p, newline="", encoding="utf-8") as f:
@@ -62,7 +65,7 @@ def read_label_csv(path: str | Path, text_column: str = "text") -> dict[str, np.
     if len(set(out["ids"])) != len(rows):
         raise DataError("duplicate (video_id, clip_id) rows", p)
     empty = np.nonzero(out["text"] == "")[0]
-    if len(empty):
+    if len(empty) and not allow_empty_text:
         raise DataError(f"{len(empty)} empty transcripts in column {text_column!r} "
                         f"(first id: {out['ids'][empty[0]]})", p)
     return out

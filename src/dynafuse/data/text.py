@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ def backbone_path(name: str | None) -> str:
     return str(p)
 
 
+@lru_cache(maxsize=4)
 def load_tokenizer(name: str | None):
     from transformers import AutoTokenizer
 
@@ -60,10 +62,22 @@ def tokenize(texts, name: str | None, max_len: int) -> tuple[np.ndarray, np.ndar
     return ids, enc["attention_mask"].sum(1).astype(np.int64)
 
 
-def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_size: int = 64):
-    """Token states `(N, max_len, H)` float16, cached by content hash and memory-mapped on reuse."""
+def token_states(model, ids: np.ndarray, lengths: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Frozen backbone states `(N, L, H)` float16 for token ids `(N, L)`, zero past each length."""
     import torch
 
+    out = np.zeros((*ids.shape, model.config.hidden_size), dtype=np.float16)
+    with torch.inference_mode():
+        for s in range(0, len(ids), batch_size):
+            i = torch.from_numpy(ids[s:s + batch_size])
+            m = torch.arange(ids.shape[1])[None] < torch.from_numpy(lengths[s:s + batch_size])[:, None]
+            h = model(input_ids=i, attention_mask=m.long()).last_hidden_state
+            out[s:s + batch_size] = (h * m[..., None]).numpy().astype(np.float16)
+    return out
+
+
+def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_size: int = 64):
+    """Token states `(N, max_len, H)` float16, cached by content hash and memory-mapped on reuse."""
     path = backbone_path(name)
     key = hashlib.sha1(json.dumps([path, max_len, list(map(str, texts))]).encode()).hexdigest()[:16]
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -71,14 +85,7 @@ def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_
     if feats_file.exists() and len_file.exists():
         return np.load(feats_file, mmap_mode="r"), np.load(len_file)
     ids, lengths = tokenize(texts, name, max_len)
-    model = load_backbone(name).eval()
-    out = np.zeros((len(ids), max_len, model.config.hidden_size), dtype=np.float16)
-    with torch.inference_mode():
-        for s in range(0, len(ids), batch_size):
-            i = torch.from_numpy(ids[s:s + batch_size])
-            m = torch.arange(max_len)[None] < torch.from_numpy(lengths[s:s + batch_size])[:, None]
-            h = model(input_ids=i, attention_mask=m.long()).last_hidden_state
-            out[s:s + batch_size] = (h * m[..., None]).numpy().astype(np.float16)
+    out = token_states(load_backbone(name).eval(), ids, lengths, batch_size)
     atomic_save_npy(len_file, lengths)
     atomic_save_npy(feats_file, out)
     return np.load(feats_file, mmap_mode="r"), lengths
@@ -98,6 +105,7 @@ def attach_text(bundle: Bundle, cfg: dict, cache_dir: Path) -> Bundle:
         if not has_features:
             raise ConfigError(f"dataset {bundle.name} ships no text features; use data.text.source=raw")
         return bundle
+    _check_aligned_tokens(bundle, cfg)
     for split in bundle.splits.values():
         if split.raw_text is None:
             raise ConfigError(f"dataset {bundle.name} has no transcripts to encode")
@@ -107,4 +115,21 @@ def attach_text(bundle: Bundle, cfg: dict, cache_dir: Path) -> Bundle:
             ids, lengths = encode_frozen(split.raw_text, cfg.get("backbone"), cfg.get("max_len", 50),
                                          cache_dir / "text")
         split.features["text"], split.lengths["text"] = ids, lengths
+    # transcripts through a backbone: what `dynafuse predict` can redo on a new clip
+    bundle.feature_spec["text"] = {"extractor": "backbone", "backbone": cfg.get("backbone") or DEFAULT_BACKBONE,
+                                   "max_len": int(cfg.get("max_len", 50)), "finetune": bool(cfg.get("finetune"))}
     return bundle
+
+
+def _check_aligned_tokens(bundle: Bundle, cfg: dict) -> None:
+    """Word-aligned audio/vision (`dynafuse extract --layout aligned`) hold one vector per token of the tokenizer
+    they were extracted with: training must tokenize the same way, or the sequences no longer line up."""
+    made = bundle.feature_spec.get("text") if bundle.feature_spec.get("layout") == "aligned" else None
+    if not made:
+        return
+    want = (made.get("backbone") or DEFAULT_BACKBONE, int(made.get("max_len", 50)))
+    got = (cfg.get("backbone") or DEFAULT_BACKBONE, int(cfg.get("max_len", 50)))
+    if backbone_path(want[0]) != backbone_path(got[0]) or want[1] != got[1]:
+        raise ConfigError(f"dataset {bundle.name} has audio/vision aligned to the tokens of backbone {want[0]!r} "
+                          f"with max_len {want[1]}; train with data.text.backbone={want[0]} "
+                          f"data.text.max_len={want[1]} (or extract again with the backbone you want)", bundle.source)

@@ -58,11 +58,11 @@ def _range(value_range: float) -> str:
 
 def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | None = None) -> dict:
     """Score the run's selected model on `target`'s test split; write `RUN_DIR/transfer-<target>.json`."""
-    from ..training.module import LitMSA, score_metrics
-    from ..training.run import _load_weights, loader, model_config, predict, prepare_data, read_run, set_threads
+    from ..training.module import score_metrics
+    from ..training.run import load_model, loader, predict, prepare_data, set_threads
 
     run_dir = Path(run_dir)
-    cfg, info, best = read_run(run_dir)
+    cfg, info, lit = load_model(run_dir)
     source = cfg["data"]["name"]
     tcfg = target_config(cfg, target, data_dir, limit)
     set_threads(tcfg)
@@ -72,9 +72,8 @@ def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | N
                           f"{_range(bundle.value_range)}; zero-shot transfer needs the same scale", run_dir)
     if SPLIT not in bundle.splits:
         raise ConfigError(f"dataset {target} has no {SPLIT} split", bundle.source)
-    # Built from the checkpoint's dims; its own train-split statistics come with the weights.
+    # the model is built from the checkpoint's dims; its own train-split statistics come with the weights
     dims = {k: int(v) for k, v in info["input_dims"].items()}
-    lit = LitMSA(cfg["model"]["name"], dims, model_config(tcfg, bundle), cfg["train"], bundle.value_range)
     split, have, missing = bundle.splits[SPLIT], bundle.input_dims(), []
     for m in lit.model.modalities:
         if m not in have:
@@ -82,8 +81,7 @@ def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | N
             missing.append(m)
         elif have[m] != dims[m]:
             raise ConfigError(f"modality {m!r} has dim {have[m]} in {target} but {dims[m]} in the checkpoint "
-                              f"trained on {source}", best)
-    _load_weights(lit, best)
+                              f"trained on {source}", run_dir / "run.json")
     out = predict(lit, loader(bundle, SPLIT, tcfg, shuffle=False))
     metrics = score_metrics(out["pred"], split.y, lit.model.task, bundle.value_range)
     in_domain = {}

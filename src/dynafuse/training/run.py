@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -59,15 +60,15 @@ def prepare_data(cfg: dict) -> Bundle:
     return attach_text(bundle, d.get("text", {}), cache)
 
 
-def model_config(cfg: dict, bundle: Bundle) -> dict:
-    """The model's config plus what it needs to know of the data: the backbone to fine-tune, the label range."""
-    return {**cfg["model"], "backbone": cfg["data"]["text"].get("backbone"), "value_range": bundle.value_range}
+def new_module(cfg: dict, input_dims: dict[str, int], value_range: float) -> LitMSA:
+    """The LightningModule for this config; the model also learns the backbone to fine-tune and the label range."""
+    model_cfg = {**cfg["model"], "backbone": cfg["data"]["text"].get("backbone"), "value_range": value_range}
+    return LitMSA(cfg["model"]["name"], input_dims, model_cfg, cfg["train"], value_range)
 
 
-def build_module(cfg: dict, bundle: Bundle, input_dims: dict | None = None) -> LitMSA:
-    """The LightningModule for this config and data, standardising with the data's train-split statistics."""
-    lit = LitMSA(cfg["model"]["name"], input_dims or bundle.input_dims(), model_config(cfg, bundle), cfg["train"],
-                 bundle.value_range)
+def build_module(cfg: dict, bundle: Bundle) -> LitMSA:
+    """The module for this config and data, standardising with the data's train-split statistics."""
+    lit = new_module(cfg, bundle.input_dims(), bundle.value_range)
     lit.model.set_feature_stats(bundle.feature_stats())
     return lit
 
@@ -139,8 +140,15 @@ def _trainer(cfg: dict, ckpt_dir: Path, run_dir: Path, lit: LitMSA, stage: str) 
 def _load_weights(lit: LitMSA, path: Path, strict: bool = True) -> None:
     if not Path(path).exists():
         raise DynafuseError("no such checkpoint", path)
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    result = lit.load_state_dict(state, strict=strict)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    except (EOFError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
+        raise DynafuseError(f"corrupt or truncated checkpoint ({type(e).__name__}: {e})", path) from None
+    try:
+        result = lit.load_state_dict(state, strict=strict)
+    except RuntimeError as e:  # size mismatch: other feature dims or another model config
+        detail = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ConfigError(f"checkpoint does not fit this model ({detail})", path) from None
     if not strict and result.unexpected_keys:
         raise ConfigError(f"checkpoint does not fit this model: unexpected weights {result.unexpected_keys[:3]}", path)
 
@@ -198,7 +206,8 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
     info.update(model=cfg["model"]["name"], dataset=cfg["data"]["name"], seed=t.get("seed", 0),
                 params=n_params, trainable_params=sum(p.numel() for p in lit.model.parameters() if p.requires_grad),
                 train_seconds=time.time() - started, input_dims=bundle.input_dims(),
-                value_range=bundle.value_range, monitor=lit.monitor_key(), notes=bundle.notes)
+                value_range=bundle.value_range, monitor=lit.monitor_key(), notes=bundle.notes,
+                feature_spec=bundle.feature_spec)
     atomic_write_json(run_dir / "run.json", info)
     return metrics
 
@@ -218,15 +227,23 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict, Path]:
     return cfg, info, best
 
 
+def load_model(run_dir: str | Path) -> tuple[dict, dict, LitMSA]:
+    """A finished run's config, run.json and selected model, without its data: the checkpoint carries the
+    train-split feature statistics, so new inputs need nothing else."""
+    cfg, info, best = read_run(run_dir)
+    lit = new_module(cfg, {k: int(v) for k, v in info["input_dims"].items()}, float(info["value_range"]))
+    _load_weights(lit, best)
+    return cfg, info, lit
+
+
 def load_run(run_dir: str | Path) -> tuple[dict, LitMSA, Bundle]:
     """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint."""
-    cfg, info, best = read_run(run_dir)
+    cfg, info, lit = load_model(run_dir)
     bundle = prepare_data(cfg)
     expected = {k: int(v) for k, v in info["input_dims"].items()}
     if bundle.input_dims() != expected:
-        raise ConfigError(f"data dims {bundle.input_dims()} do not match the checkpoint's {expected}", best)
-    lit = build_module(cfg, bundle, expected)
-    _load_weights(lit, best)  # the checkpoint's own statistics replace the recomputed ones
+        raise ConfigError(f"data dims {bundle.input_dims()} do not match the checkpoint's {expected}",
+                          Path(run_dir) / "run.json")
     return cfg, lit, bundle
 
 

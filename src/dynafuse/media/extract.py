@@ -1,0 +1,341 @@
+"""`dynafuse extract`: a folder of labelled raw clips (MMSA-FET layout) -> a dataset `--dataset path:OUT` reads.
+
+Input:  SRC/label.csv (video_id, clip_id, text, label, [label_T, label_A, label_V], mode) and
+        SRC/Raw/<video_id>/<clip_id>.mp4 (any other media extension is found too).
+Output: OUT/clips/<video_id>/<clip_id>.npz  one per clip, written atomically as soon as it is done: a rerun skips
+                                            them, so a killed run loses at most the clips in flight;
+        OUT/errors.csv                      clips that failed (video_id, clip_id, path, reason); the run goes on;
+        OUT/label.csv                       the clips that worked, grouped by split, with the transcript used;
+        OUT/{audio,vision}.npy + *_lengths.npy   (N, T, D) float32, zero-padded, read back memory-mapped;
+        OUT/meta.json                       format, feature spec, value range, counts; written last, so its
+                                            presence means the arrays beside it are complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..data.registry import UNI_COLUMNS
+from ..data.tables import SPLITS, read_label_csv
+from ..errors import ConfigError, DataError, DynafuseError
+from ..io import atomic_save_npy, atomic_write, atomic_write_json, atomic_write_text, safe_name
+from .asr import check_asr
+from .pipeline import MEDIA_MODALITIES, ClipFeatures, FeaturePipeline
+
+FORMAT, VERSION = "dynafuse-features", 1
+MEDIA_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".mpeg", ".wav", ".mp3",
+                    ".flac", ".m4a", ".aac", ".ogg", ".opus")
+ERROR_COLUMNS = ("video_id", "clip_id", "path", "reason")
+EMPTY_TEXT_NOTE = "empty label text: transcribed by ASR"
+
+
+@dataclass
+class Job:
+    """One clip to extract (plain data: it crosses into worker processes)."""
+
+    video_id: str
+    clip_id: str
+    media: str | None    # None: no media file found for the clip
+    text: str | None     # the transcript to use; None -> ASR
+    cache: str           # OUT/clips/<video_id>/<clip_id>.npz
+    note: str = ""       # recorded with the clip (e.g. why ASR replaced its label text)
+
+
+# ---- reading the source folder -----------------------------------------------------------------
+
+def read_source(src: Path, limit: int | None = None) -> dict[str, np.ndarray]:
+    """SRC/label.csv as columns (blank texts allowed: ASR fills them in), plus `clip_id`."""
+    if not src.is_dir():
+        raise DataError("no such folder (expected label.csv and Raw/<video_id>/<clip_id>.mp4)", src)
+    table = read_label_csv(src / "label.csv", allow_empty_text=True)
+    table["clip_id"] = np.array([i[len(v) + 1:] for i, v in zip(table["ids"], table["video_id"])])
+    if limit:
+        table = {k: v[:limit] for k, v in table.items()}
+    return table
+
+
+def find_media(src: Path, video_id: str, clip_id: str) -> Path | None:
+    """Raw/<video_id>/<clip_id>.mp4, else the same name with another media extension."""
+    folder = src / "Raw" / video_id
+    first = folder / f"{clip_id}.mp4"
+    if first.is_file():
+        return first
+    found = [p for p in folder.glob(f"{clip_id}.*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file()]
+    return sorted(found)[0] if found else None
+
+
+def make_jobs(src: Path, out: Path, table: dict[str, np.ndarray], transcripts: str) -> list[Job]:
+    jobs = []
+    for vid, cid, text in zip(table["video_id"], table["clip_id"], table["text"]):
+        media = find_media(src, vid, cid)
+        cache = out / "clips" / safe_name(vid) / f"{safe_name(cid)}.npz"
+        given = str(text).strip() if transcripts == "label" else None
+        jobs.append(Job(str(vid), str(cid), None if media is None else str(media), given or None, str(cache),
+                        EMPTY_TEXT_NOTE if given == "" else ""))
+    return jobs
+
+
+# ---- one clip (runs in a worker) ---------------------------------------------------------------
+
+_PIPELINE: FeaturePipeline | None = None
+
+
+def _init_worker(cfg: dict, threads: int) -> None:
+    """Build the pipeline once per worker process (models load lazily on its first clip)."""
+    global _PIPELINE
+    os.environ["DYNAFUSE_THREADS"] = str(threads)
+    _PIPELINE = FeaturePipeline(cfg)
+
+
+def save_clip(path: str | Path, feats: ClipFeatures, note: str = "") -> None:
+    """One clip's features as an .npz (no pickled objects), atomically."""
+    t = feats.transcript
+    info = {"source": t.source, "present": feats.present, "timings": feats.timings, "note": note,
+            "lengths": {"audio": len(feats.audio), "vision": len(feats.vision)}}
+    arrays = {"audio": feats.audio.astype(np.float32), "vision": feats.vision.astype(np.float32),
+              "text": np.array(t.text), "words": np.array([w.text for w in t.words], dtype=str),
+              "starts": np.array([w.start for w in t.words], np.float32),
+              "ends": np.array([w.end for w in t.words], np.float32), "info": np.array(json.dumps(info))}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def extract_clip(job: Job, pipeline: FeaturePipeline | None = None) -> dict:
+    """Extract and cache one clip; a failure is returned as a reason, never raised (the run goes on)."""
+    started = time.perf_counter()
+    result = {"video_id": job.video_id, "clip_id": job.clip_id, "path": job.media or "", "reason": ""}
+    try:
+        if job.media is None:
+            raise DataError(f"no media file Raw/{job.video_id}/{job.clip_id}.* (tried {', '.join(MEDIA_EXTENSIONS)})")
+        save_clip(job.cache, (pipeline or _PIPELINE)(job.media, transcript=job.text), job.note)
+    except DynafuseError as e:
+        result["reason"] = e.problem
+    except Exception as e:  # noqa: BLE001 - one odd clip (a decoder or model crash) must not end a long run
+        result["reason"] = f"{type(e).__name__}: {e}"
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+# ---- running many clips ------------------------------------------------------------------------
+
+def run_jobs(jobs: list[Job], cfg: dict, workers: int, pipeline: FeaturePipeline) -> Iterator[dict]:
+    """Results as clips finish: in this process for one worker, else in a pool of spawned processes."""
+    if workers <= 1:
+        for job in jobs:
+            yield extract_clip(job, pipeline)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # spawn, not fork: the parent has torch/onnx thread pools that a forked child would inherit broken
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(cfg, threads))
+    try:
+        futures = [pool.submit(extract_clip, job) for job in jobs]
+        for f in as_completed(futures):
+            yield f.result()
+    except BrokenProcessPool:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise DynafuseError("a worker process died (out of memory, or a crash inside a media library); the "
+                            "finished clips are cached: rerun the command, perhaps with fewer --workers") from None
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)  # a kill or Ctrl-C: drop the queue, keep what is cached
+        raise
+    pool.shutdown()
+
+
+def _progress(enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[last]}"), disable=not enabled)
+
+
+def _check_cache(out: Path, settings: dict) -> None:
+    """Cached clips are reused only for the same feature spec and transcript source."""
+    path = out / "clips" / "settings.json"
+    if path.exists():
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            before = None
+        if before != json.loads(json.dumps(settings)):
+            raise ConfigError("this folder holds clips extracted with other settings (feature spec or "
+                              "transcripts); use another --out, or delete its clips/ folder to start over", out)
+    else:
+        atomic_write_json(path, settings)
+
+
+# ---- assembling the dataset --------------------------------------------------------------------
+
+def _split_order(table: dict[str, np.ndarray], keep: np.ndarray) -> np.ndarray:
+    """The kept rows grouped by split (train, valid, test), each in label.csv order: contiguous per split."""
+    return np.concatenate([np.nonzero(keep & (table["mode"] == s))[0] for s in SPLITS]).astype(np.int64)
+
+
+def _fill_modality(out: Path, m: str, caches: list[Path], width: int, dim: int) -> np.ndarray:
+    """OUT/{m}.npy (N, width, dim) float32 zero-padded, filled clip by clip; returns the lengths."""
+    lengths = np.zeros(len(caches), np.int64)
+
+    def write(tmp: Path) -> None:
+        a = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(caches), max(width, 1), dim))
+        for i, cache in enumerate(caches):
+            with np.load(cache, allow_pickle=False) as z:
+                x = z[m]
+            if len(x) and x.shape[1] != dim:
+                raise DataError(f"cached {m} features are {x.shape[1]}-d, the spec says {dim}", cache)
+            lengths[i] = min(len(x), width)
+            a[i, :lengths[i]] = x[:lengths[i]]
+        a.flush()
+        del a
+
+    atomic_write(out / f"{m}.npy", write)
+    atomic_save_npy(out / f"{m}_lengths.npy", lengths)
+    return lengths
+
+
+def _width(spec: dict, m: str, infos: list[dict]) -> int:
+    """The padded length: the longest clip, at most one vector per token (aligned), max_frames (unaligned) or
+    1 (utterance)."""
+    layout = spec["layout"]
+    cap = int(spec["text"]["max_len"]) if layout == "aligned" else (
+        int(spec["max_frames"][m]) if layout == "unaligned" else 1)
+    return max(1, min(cap, max(i["lengths"][m] for i in infos)))
+
+
+def _clip_info(cache: Path) -> dict:
+    """A cached clip's transcript and info (the feature arrays are not read)."""
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            return {**json.loads(str(z["info"])), "text": str(z["text"])}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise DataError(f"unreadable cached clip ({e}); delete it and rerun to extract it again", cache) from None
+
+
+def _label_csv(table: dict[str, np.ndarray], rows: np.ndarray, infos: list[dict]) -> tuple[str, list[str]]:
+    """The kept rows with the transcript each clip used; and the clips' notes, one line per kind."""
+    uni = [c for c in UNI_COLUMNS.values() if c in table]
+    notes: dict[str, list[str]] = {}
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["video_id", "clip_id", "text", "label", *uni, "mode", "transcript_source"])
+    for r, info in zip(rows, infos):
+        if info.get("note"):
+            notes.setdefault(info["note"], []).append(f"{table['video_id'][r]}/{table['clip_id'][r]}")
+        w.writerow([table["video_id"][r], table["clip_id"][r], info["text"], f"{table['label'][r]:g}",
+                    *["" if np.isnan(table[c][r]) else f"{table[c][r]:g}" for c in uni], table["mode"][r],
+                    info["source"]])
+    return buf.getvalue(), [f"{len(ids)} clip(s): {note} (first: {ids[0]})" for note, ids in notes.items()]
+
+
+def _value_range(table: dict[str, np.ndarray], given: float | None, path: Path) -> float:
+    labels = [table["label"], *[table[c] for c in UNI_COLUMNS.values() if c in table]]
+    peak = max(float(np.nanmax(np.abs(y))) if np.isfinite(y).any() else 0.0 for y in labels)
+    value_range = given if given is not None else (1.0 if peak <= 1.0 else 3.0)
+    if peak > value_range:
+        raise DataError(f"labels reach {peak:g}, outside [-{value_range:g}, {value_range:g}] "
+                        "(set --value-range)", path)
+    return float(value_range)
+
+
+def assemble(out: Path, table: dict[str, np.ndarray], spec: dict, meta: dict) -> dict:
+    """Every cached clip of the table -> OUT/label.csv, OUT/{audio,vision}.npy (+ lengths), then OUT/meta.json."""
+    (out / "meta.json").unlink(missing_ok=True)  # no meta.json: the arrays are being rewritten
+    caches = [out / "clips" / safe_name(v) / f"{safe_name(c)}.npz" for v, c in zip(table["video_id"],
+                                                                                  table["clip_id"])]
+    rows = _split_order(table, np.array([c.exists() for c in caches], dtype=bool))
+    if not len(rows):
+        raise DataError("no clip could be extracted (see errors.csv)", out / "errors.csv")
+    kept = [caches[r] for r in rows]
+    infos = [_clip_info(c) for c in kept]
+    present = {}
+    for m in MEDIA_MODALITIES:
+        if spec.get(m):
+            lengths = _fill_modality(out, m, kept, _width(spec, m, infos), int(spec[m]["dim"]))
+            present[m] = int((lengths > 0).sum())
+    label_csv, notes = _label_csv(table, rows, infos)
+    atomic_write_text(out / "label.csv", label_csv)
+    counts = {"clips": len(rows), **{s: int((table["mode"][rows] == s).sum()) for s in SPLITS},
+              "present": present}
+    atomic_write_json(out / "meta.json", {"format": FORMAT, "version": VERSION, **meta, "feature_spec": spec,
+                                          "counts": counts, "notes": notes})
+    return {**counts, "notes": notes}
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+def _write_errors(out: Path, failures: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=ERROR_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(failures)
+    atomic_write_text(out / "errors.csv", buf.getvalue())
+
+
+def extract_dataset(src: str | Path, out: str | Path, workers: int = 1, layout: str | None = None,
+                    transcripts: str = "label", limit: int | None = None, value_range: float | None = None,
+                    media: dict | None = None, progress: bool = True) -> dict:
+    """Extract every clip of SRC into OUT (resumably), then assemble the dataset. Returns a summary."""
+    started = time.perf_counter()
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    if transcripts not in ("label", "asr"):
+        raise ConfigError(f"--transcripts must be label or asr, not {transcripts!r}")
+    table = read_source(src, limit)
+    cfg = dict(media or {}, **({"layout": layout} if layout else {}))
+    pipeline = FeaturePipeline(cfg)
+    spec = pipeline.spec()
+    vr = _value_range(table, value_range, src / "label.csv")
+    if transcripts == "asr" or (table["text"] == "").any():  # fail now, not once per clip
+        if not pipeline.asr_model:
+            raise ConfigError("some clips need ASR transcripts, but the media config switches ASR off",
+                              src / "label.csv")
+        check_asr(pipeline.asr_model)
+    _check_cache(out, {"feature_spec": spec, "transcripts": transcripts, "asr": pipeline.asr_model})
+    jobs = make_jobs(src, out, table, transcripts)
+    todo = [j for j in jobs if not Path(j.cache).exists()]
+    failures = []
+    with _progress(progress) as bar:
+        task = bar.add_task("extracting", total=len(jobs), completed=len(jobs) - len(todo), last="")
+        for r in run_jobs(todo, pipeline.cfg, workers, pipeline):
+            if r["reason"]:
+                failures.append(r)
+                _write_errors(out, failures)  # kept up to date: a long run can be watched
+            bar.update(task, advance=1, last=f"{r['video_id']}/{r['clip_id']}" + (" failed" if r["reason"] else ""))
+    _write_errors(out, failures)
+    meta = {"name": src.name, "source": str(src), "value_range": vr, "transcripts": transcripts,
+            "asr_model": pipeline.asr_model}
+    counts = assemble(out, table, spec, meta)
+    return {"out": str(out), "clips": len(jobs), "ok": counts["clips"], "failed": len(failures),
+            "cached": len(jobs) - len(todo), "extracted": len(todo) - len(failures), "counts": counts,
+            "seconds": time.perf_counter() - started, "notes": counts["notes"], "failures": failures}
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+
+    c = Console()
+    counts = summary["counts"]
+    c.print(f"clips ok {summary['ok']} / failed {summary['failed']} of {summary['clips']} "
+            f"({summary['cached']} cached, {summary['extracted']} extracted now) in {summary['seconds']:.1f} s")
+    c.print(f"splits: train {counts['train']}, valid {counts['valid']}, test {counts['test']}; "
+            + ", ".join(f"{m} present in {n}" for m, n in counts["present"].items()))
+    for note in summary["notes"]:
+        c.print(f"note: {note}")
+    if summary["failed"]:
+        c.print(f"failures are listed in {Path(summary['out']) / 'errors.csv'}; rerun the command to retry them")
+    c.print(f"wrote {summary['out']} (train on it with --dataset path:{summary['out']})")
