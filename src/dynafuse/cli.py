@@ -204,6 +204,11 @@ def cmd_extract(a):
 
     media = {m: ({"extractor": getattr(a, m)} if getattr(a, m) != "none" else None)
              for m in ("audio", "vision") if getattr(a, m)}
+    if a.fps and media.get("vision", {}) is not None:
+        media["vision"] = {**media.get("vision", {}), "fps": a.fps}
+    text = {k: v for k, v in (("backbone", a.backbone), ("max_len", a.max_len)) if v}
+    if text:
+        media["text"] = text
     try:
         summary = extract_dataset(a.src, a.out, workers=a.workers, layout=a.layout, transcripts=a.transcripts,
                                   limit=a.limit, value_range=a.value_range, media=media)
@@ -302,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="label.csv's text (timed by ASR; blank ones transcribed) or ASR for every clip")
     xt.add_argument("--audio", help="audio extractor: egemaps (default), compare or none")
     xt.add_argument("--vision", help="vision extractor: face (default) or none")
+    xt.add_argument("--fps", type=float, help="vision frames per second (default 5)")
+    xt.add_argument("--backbone", help="text backbone whose sub-tokens the aligned layout follows (default minilm; "
+                                       "train with the same data.text.backbone)")
+    xt.add_argument("--max-len", type=int, help="text tokens kept (default 50; train with the same data.text.max_len)")
     xt.add_argument("--limit", type=int, help="first N rows of label.csv only (quick checks)")
     xt.add_argument("--value-range", type=float, help="labels lie in [-R, R] (default: 1 if all |label| <= 1, else 3)")
     xt.set_defaults(fn=cmd_extract)
