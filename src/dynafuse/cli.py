@@ -92,6 +92,7 @@ def cmd_demo(a):
                   anchors=[r for r in anchors if r["model"] in ("MulT", "MISA", "Self-MM", "DPDF-LQ")])
     if anchors:
         print("Published columns use BERT + COVAREP/Facet sequence features: reference points, not like for like.")
+    print(f"Score your own clip with this run (text; its audio came with MOSI): dynafuse predict CLIP.mp4 --run {out}")
 
 
 def cmd_summarize(a):
