@@ -83,6 +83,12 @@ def test_report_writes_every_output(runs, tmp_path, monkeypatch):
 
     # main table: mean ± std per model, the ablation as `model [variant]`
     assert "| daf [static] | 3 |" in md and "| early_fusion | 3 |" in md and " ± " in md
+    # the overview (also its own file, for the README): one row per model, variants left out, seeds counted
+    overview = (out / "synthetic_overview.md").read_text()
+    assert overview in md and "static" not in overview and "| model | mosi mae / corr |" in overview
+    daf_mae = np.mean([json.loads((runs / "mosi" / f"daf-s{i}" / "metrics.json").read_text())["test"]["mae"]
+                       for i in range(3)])
+    assert f"| daf | {daf_mae:.3f} ± " in overview and " (3) |" in overview
     assert "published" not in md  # no anchors file: no published section
     # ordinal: from ordinal.json, from predictions.csv, and skipped for the run with neither
     assert "Best model by mean mae: **daf**" in md

@@ -30,7 +30,7 @@ from ..errors import DataError, DynafuseError
 from ..io import atomic_write, atomic_write_json, atomic_write_text, safe_name
 from ..metrics import METRIC_KEYS, aggregate, format_mean_std
 from .anchors import load_anchors
-from .summary import FINE, by_dataset_task, find_runs, group_runs, label, md_table, metric_table, ordinal_stats
+from .summary import FINE, by_dataset_task, cell, find_runs, group_runs, label, md_table, metric_table, ordinal_stats
 
 ANCHOR_KEYS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc3", "acc5", "acc7", "mae", "corr")
 HEADLINE = {"regression": ("mae", "corr"), "3class": ("acc3", "f1_3")}  # per-model figure, robustness tables
@@ -177,6 +177,25 @@ def curves_figure(curves: dict[str, dict[str, dict]], keys: tuple[str, ...], tit
 
 
 # --------------------------------------------------------------------------- sections
+
+
+def overview_blocks(groups: list[dict], split: str) -> list:
+    """The main table: one row per model (ablation variants left out), the headline metrics per dataset."""
+    main = [g for g in groups if not g["variant"]]
+    columns = list(dict.fromkeys((g["dataset"], g["task"]) for g in main))  # groups come sorted by dataset
+    cells = {(g["model"], g["dataset"], g["task"]): g for g in main}
+    header = ["model"] + [f"{d}{'' if t == 'regression' else f' ({t})'} {' / '.join(HEADLINE[t])}"
+                          for d, t in columns]
+    rows = []
+    for model in sorted({g["model"] for g in main}):
+        row = [model]
+        for d, t in columns:
+            g = cells.get((model, d, t))
+            row.append("" if g is None else " / ".join(cell(g["agg"], k) for k in HEADLINE[t])
+                       + f" ({g['n_seeds']})")
+        rows.append(row)
+    return [("h", 2, f"Main table ({split} split, mean ± std over seeds; seeds in brackets)"),
+            ("table", header, rows)]
 
 
 def results_blocks(dataset: str, task: str, gs: list[dict], split: str, fig: Path, rel: str) -> list:
@@ -430,6 +449,8 @@ def write_report(run_dirs_or_roots, out: str | Path, split: str = "test", data_d
     blocks = [("h", 1, f"Report: {name}"),
               ("p", f"{len(runs)} finished runs in {len(groups)} groups, {split} split; every number below is read "
                     f"from the run folders ({where}). Cells are mean ± std over seeds.")]
+    overview = overview_blocks(groups, split)
+    blocks += overview
     extras = {"ordinal": {}, "robustness": {}}
     anchors = {}
     data_dir = data_dir or anchor_data_dir(runs)
@@ -452,6 +473,7 @@ def write_report(run_dirs_or_roots, out: str | Path, split: str = "test", data_d
 
     markdown = to_markdown(blocks)
     atomic_write_text(base / f"{name}.md", markdown)
+    atomic_write_text(base / f"{name}_overview.md", to_markdown(overview))  # the README shows this one
     atomic_write_text(base / f"{name}.html", to_html(blocks, base, f"dynafuse report: {name}"))
     atomic_write_text(base / f"{name}.csv", runs_csv(runs, split))
     atomic_write_text(base / f"{name}_summary.csv", summary_csv(groups))
