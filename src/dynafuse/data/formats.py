@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .core import Bundle, Split, pad_sequences
 from .registry import UNI_COLUMNS
-from .tables import SPLITS, existing, read_label_csv
+from .tables import SPLITS, existing, label_range, read_label_csv
 
 MODALITIES = ("text", "audio", "vision")
 
@@ -111,13 +111,8 @@ def _bundle(name: str, splits: dict[str, Split], path: Path, value_range: float 
     notes = list(notes or [])
     for s, split in splits.items():
         notes += _finish(s, split, (sources or {}).get(s, path), fix_nonfinite)
-    peak = max((float(np.abs(s.y).max()) for s in splits.values() if len(s)), default=0.0)
-    if value_range is None:
-        value_range = 1.0 if peak <= 1.0 else 3.0
-    if peak > value_range:
-        raise DataError(f"labels reach {peak:g}, outside [-{value_range:g}, {value_range:g}] "
-                        "(set data.value_range)", path)
-    return Bundle(name=name, splits=splits, value_range=float(value_range), source=str(path), notes=notes)
+    value_range = label_range([s.y for s in splits.values()], value_range, path, "data.value_range")
+    return Bundle(name=name, splits=splits, value_range=value_range, source=str(path), notes=notes)
 
 
 # ---- MMSA feature pickle (aligned_50.pkl, unaligned_50.pkl, unaligned_39.pkl) ------------------
@@ -253,12 +248,16 @@ def _features_meta(path: Path) -> dict:
     return meta
 
 
-def _features_npy(path: Path, n: int, dim: int, mmap: bool) -> np.ndarray:
-    """An (N, T, D) float32 array (memory-mapped unless it must be edited in place)."""
+def _npy(path: Path, mmap: bool = False) -> np.ndarray:
     try:
-        a = np.load(existing(path), mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(existing(path), mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"corrupt or truncated .npy ({e})", path) from None
+
+
+def _features_npy(path: Path, n: int, dim: int, mmap: bool) -> np.ndarray:
+    """An (N, T, D) float32 array (memory-mapped unless it must be edited in place)."""
+    a = _npy(path, mmap)
     if a.ndim != 3 or len(a) != n or a.shape[2] != dim or a.dtype != np.float32:
         raise DataError(f"expected float32 ({n}, T, {dim}) for the {n} rows of label.csv, "
                         f"got {a.dtype} {a.shape}", path)
@@ -266,10 +265,7 @@ def _features_npy(path: Path, n: int, dim: int, mmap: bool) -> np.ndarray:
 
 
 def _features_lengths(path: Path, n: int) -> np.ndarray:
-    try:
-        a = np.load(existing(path), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"corrupt or truncated .npy ({e})", path) from None
+    a = _npy(path)
     if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer):
         raise DataError(f"expected ({n},) integer lengths, got {a.dtype} {a.shape}", path)
     return a.astype(np.int64)

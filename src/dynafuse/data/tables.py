@@ -22,6 +22,16 @@ def existing(path: str | Path, what: str = "file") -> Path:
     return p
 
 
+def label_range(labels, given: float | None, path: Path, setting: str) -> float:
+    """The label scale: `given`, else 1.0 when every finite |label| <= 1 (CH-SIMS), else 3.0 (MOSI/MOSEI);
+    labels outside it are an error that names `setting`, the option to change it."""
+    peak = max((float(np.nanmax(np.abs(y))) for y in labels if np.isfinite(y).any()), default=0.0)
+    value_range = given if given is not None else (1.0 if peak <= 1.0 else 3.0)
+    if peak > value_range:
+        raise DataError(f"labels reach {peak:g}, outside [-{value_range:g}, {value_range:g}] (set {setting})", path)
+    return float(value_range)
+
+
 def read_label_csv(path: str | Path, text_column: str = "text",
                    allow_empty_text: bool = False) -> dict[str, np.ndarray]:
     """Read an MMSA `label.csv` into column arrays; ids are `<video_id>_<clip_id>`.

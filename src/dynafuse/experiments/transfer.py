@@ -73,7 +73,7 @@ def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | N
     if SPLIT not in bundle.splits:
         raise ConfigError(f"dataset {target} has no {SPLIT} split", bundle.source)
     # the model is built from the checkpoint's dims; its own train-split statistics come with the weights
-    dims = {k: int(v) for k, v in info["input_dims"].items()}
+    dims = info["input_dims"]
     split, have, missing = bundle.splits[SPLIT], bundle.input_dims(), []
     for m in lit.model.modalities:
         if m not in have:

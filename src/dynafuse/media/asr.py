@@ -82,10 +82,6 @@ def asr_available(name: str | None = DEFAULT_ASR) -> bool:
     return True
 
 
-def _split_words(text: str, start: float, end: float) -> list[Word]:
-    return [Word(piece, start, end) for piece in text.split()]
-
-
 def transcribe(audio: np.ndarray, sample_rate: int = 16000, model: str = DEFAULT_ASR) -> Transcript:
     """Timed words of 16 kHz mono speech. No audio or silence -> an empty transcript, not an error."""
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
@@ -98,8 +94,9 @@ def transcribe(audio: np.ndarray, sample_rate: int = 16000, model: str = DEFAULT
     # the VAD filter (silero, shipped with faster-whisper) keeps whisper from inventing words in long silences
     segments, _ = whisper.transcribe(audio, language=language, word_timestamps=True, vad_filter=True,
                                      condition_on_previous_text=False)
-    words = [w for s in segments for ww in (s.words or []) for w in _split_words(ww.word, ww.start, ww.end)]
-    words = [Word(w.text, float(w.start), float(max(w.end, w.start))) for w in words]
+    # a whisper "word" may hold several whitespace-separated pieces: each gets the word's times
+    words = [Word(piece, float(w.start), float(max(w.end, w.start)))
+             for seg in segments for w in (seg.words or []) for piece in w.word.split()]
     return Transcript(" ".join(w.text for w in words), words, "asr")
 
 

@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from ..data.registry import UNI_COLUMNS
-from ..data.tables import SPLITS, read_label_csv
+from ..data.tables import SPLITS, label_range, read_label_csv
 from ..errors import ConfigError, DataError, DynafuseError
 from ..io import atomic_save_npy, atomic_write, atomic_write_json, atomic_write_text, safe_name
 from .asr import check_asr
@@ -76,11 +76,16 @@ def find_media(src: Path, video_id: str, clip_id: str) -> Path | None:
     return sorted(found)[0] if found else None
 
 
+def clip_cache(out: Path, video_id: str, clip_id: str) -> Path:
+    """Where one clip's features are cached: a rerun skips the clips found here."""
+    return out / "clips" / safe_name(str(video_id)) / f"{safe_name(str(clip_id))}.npz"
+
+
 def make_jobs(src: Path, out: Path, table: dict[str, np.ndarray], transcripts: str) -> list[Job]:
     jobs = []
     for vid, cid, text in zip(table["video_id"], table["clip_id"], table["text"]):
         media = find_media(src, vid, cid)
-        cache = out / "clips" / safe_name(vid) / f"{safe_name(cid)}.npz"
+        cache = clip_cache(out, vid, cid)
         given = str(text).strip() if transcripts == "label" else None
         jobs.append(Job(str(vid), str(cid), None if media is None else str(media), given or None, str(cache),
                         EMPTY_TEXT_NOTE if given == "" else ""))
@@ -243,21 +248,10 @@ def _label_csv(table: dict[str, np.ndarray], rows: np.ndarray, infos: list[dict]
     return buf.getvalue(), [f"{len(ids)} clip(s): {note} (first: {ids[0]})" for note, ids in notes.items()]
 
 
-def _value_range(table: dict[str, np.ndarray], given: float | None, path: Path) -> float:
-    labels = [table["label"], *[table[c] for c in UNI_COLUMNS.values() if c in table]]
-    peak = max(float(np.nanmax(np.abs(y))) if np.isfinite(y).any() else 0.0 for y in labels)
-    value_range = given if given is not None else (1.0 if peak <= 1.0 else 3.0)
-    if peak > value_range:
-        raise DataError(f"labels reach {peak:g}, outside [-{value_range:g}, {value_range:g}] "
-                        "(set --value-range)", path)
-    return float(value_range)
-
-
 def assemble(out: Path, table: dict[str, np.ndarray], spec: dict, meta: dict) -> dict:
     """Every cached clip of the table -> OUT/label.csv, OUT/{audio,vision}.npy (+ lengths), then OUT/meta.json."""
     (out / "meta.json").unlink(missing_ok=True)  # no meta.json: the arrays are being rewritten
-    caches = [out / "clips" / safe_name(v) / f"{safe_name(c)}.npz" for v, c in zip(table["video_id"],
-                                                                                  table["clip_id"])]
+    caches = [clip_cache(out, v, c) for v, c in zip(table["video_id"], table["clip_id"])]
     rows = _split_order(table, np.array([c.exists() for c in caches], dtype=bool))
     if not len(rows):
         raise DataError("no clip could be extracted (see errors.csv)", out / "errors.csv")
@@ -299,7 +293,8 @@ def extract_dataset(src: str | Path, out: str | Path, workers: int = 1, layout: 
     cfg = dict(media or {}, **({"layout": layout} if layout else {}))
     pipeline = FeaturePipeline(cfg)
     spec = pipeline.spec()
-    vr = _value_range(table, value_range, src / "label.csv")
+    vr = label_range([table["label"], *[table[c] for c in UNI_COLUMNS.values() if c in table]], value_range,
+                     src / "label.csv", "--value-range")
     if transcripts == "asr" or (table["text"] == "").any():  # fail now, not once per clip
         if not pipeline.asr_model:
             raise ConfigError("some clips need ASR transcripts, but the media config switches ASR off",

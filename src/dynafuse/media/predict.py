@@ -61,7 +61,7 @@ class Predictor:
         self.cfg, self.info, self.lit = load_model(run_dir)
         self.lit.eval()
         self.model = self.lit.model
-        self.dims = {k: int(v) for k, v in self.info["input_dims"].items()}
+        self.dims = self.info["input_dims"]
         self.spec = dict(self.info.get("feature_spec") or {})
         self.ignored = {m: why for m in self.model.modalities
                         if (why := unusable(m, self.spec, self.dims, self.info.get("dataset", "?")))}

@@ -213,7 +213,8 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, dict, Path]:
-    """A finished run's config, run.json and selected checkpoint (which must be on this machine)."""
+    """A finished run's config, run.json (input_dims as ints) and selected checkpoint (which must be on this
+    machine)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise DynafuseError("not a run folder (no config.yaml)", run_dir)
@@ -221,6 +222,7 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict, Path]:
         raise DynafuseError("the run has not finished (no run.json); resume it with --resume", run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     info = json.loads((run_dir / "run.json").read_text())
+    info["input_dims"] = {k: int(v) for k, v in info["input_dims"].items()}
     best = Path(info["stages"][list(info["stages"])[-1]]["best"])
     if not best.exists():
         raise DynafuseError("checkpoint missing (checkpoints stay on the machine that trained the run)", best)
@@ -231,7 +233,7 @@ def load_model(run_dir: str | Path) -> tuple[dict, dict, LitMSA]:
     """A finished run's config, run.json and selected model, without its data: the checkpoint carries the
     train-split feature statistics, so new inputs need nothing else."""
     cfg, info, best = read_run(run_dir)
-    lit = new_module(cfg, {k: int(v) for k, v in info["input_dims"].items()}, float(info["value_range"]))
+    lit = new_module(cfg, info["input_dims"], float(info["value_range"]))
     _load_weights(lit, best)
     return cfg, info, lit
 
@@ -240,7 +242,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, LitMSA, Bundle]:
     """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint."""
     cfg, info, lit = load_model(run_dir)
     bundle = prepare_data(cfg)
-    expected = {k: int(v) for k, v in info["input_dims"].items()}
+    expected = info["input_dims"]
     if bundle.input_dims() != expected:
         raise ConfigError(f"data dims {bundle.input_dims()} do not match the checkpoint's {expected}",
                           Path(run_dir) / "run.json")
