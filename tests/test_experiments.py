@@ -26,6 +26,20 @@ def test_expand_grid_with_variants_and_tasks(tmp_path):
     assert str(Cell("daf", "mmsa:/x/a.pkl", 1, variant="static").run_dir(tmp_path)).endswith("mmsa__x_a.pkl/daf-static-s1")
 
 
+def test_block_overrides_apply_to_that_block_only(tmp_path):
+    """A block's own overrides (main.yaml gives DPDF-LQ MOSEI's epoch budget) sit between the global ones and a
+    variant's, and leave the run folder name alone, so finished cells are still found."""
+    spec = {"seeds": [0], "overrides": ["train.progress=false"],
+            "grid": [{"models": ["daf"], "datasets": ["mosei"]},
+                     {"models": ["dpdf_lq"], "datasets": ["mosei"], "overrides": ["train.patience=4"],
+                      "variants": {"": [], "wo-gate": ["model.path_gate=false"]}}]}
+    daf, plain, wo_gate = expand(spec)
+    assert daf.overrides == ["train.progress=false"]
+    assert plain.overrides == ["train.progress=false", "train.patience=4"]
+    assert wo_gate.overrides == ["train.progress=false", "train.patience=4", "model.path_gate=false"]
+    assert str(plain.run_dir(tmp_path)).endswith("mosei/dpdf_lq-s0")
+
+
 def test_experiment_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such experiment"):
         load_experiment(tmp_path / "missing.yaml")

@@ -12,6 +12,7 @@ grid:
   - models: [early_fusion, daf]
     datasets: [mosi, mosi-bclstm]
     task: regression           # or 3class
+    overrides: [train.patience=4]   # optional: this block's cells only (after the global ones, before a variant's)
     variants:                  # optional: name -> overrides (ablations); "" is the plain model
       "": []
       static: [model.dynamic=false]
