@@ -248,6 +248,12 @@ def test_preset_holds_table3_and_builds():
             m["hidden"]) == (128, 8, 8, 3, 2, 2, 256)
     assert (t["loss"], t["lr"], t["weight_decay"], cfg["data"]["batch_size"]) == ("mse", 1e-4, 1e-4, 64)
     assert all(m[k] is True for k in ("global_path", "local_path", "path_gate", "dglqa"))
+    assert (t["max_epochs"], t["patience"]) == (60, 10)
+    # the preset's MOSEI section: MOSEI's own epoch budget (255 steps per epoch, not MOSI's 20); an override wins
+    mosei = build_config("dpdf_lq", "mosei")
+    assert (mosei["train"]["max_epochs"], mosei["train"]["patience"], mosei["model"]) == (20, 4, m)
+    assert "datasets" not in mosei
+    assert build_config("dpdf_lq", "mosei", ["train.patience=6"])["train"]["patience"] == 6
     torch.manual_seed(0)
     model = create_model("dpdf_lq", DIMS, m).eval()
     with torch.no_grad():

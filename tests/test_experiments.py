@@ -27,8 +27,8 @@ def test_expand_grid_with_variants_and_tasks(tmp_path):
 
 
 def test_block_overrides_apply_to_that_block_only(tmp_path):
-    """A block's own overrides (main.yaml gives DPDF-LQ MOSEI's epoch budget) sit between the global ones and a
-    variant's, and leave the run folder name alone, so finished cells are still found."""
+    """A block's own overrides sit between the global ones and a variant's, and leave the run folder name alone,
+    so finished cells are still found."""
     spec = {"seeds": [0], "overrides": ["train.progress=false"],
             "grid": [{"models": ["daf"], "datasets": ["mosei"]},
                      {"models": ["dpdf_lq"], "datasets": ["mosei"], "overrides": ["train.patience=4"],

@@ -1,4 +1,5 @@
 """Configs are plain nested dicts from YAML presets: defaults <- dataset preset <- model preset <- overrides.
+A model preset may end with `datasets: {NAME: {...}}`, its settings for one dataset, merged over the rest of it.
 
 Overrides are `key.path=value` strings; values are parsed as YAML (`train.lr=3e-4`, `model.modalities=[text]`).
 """
@@ -68,7 +69,9 @@ def build_config(model: str, dataset: str, overrides: list[str] | dict | None = 
         raise ConfigError(f"unknown model {model!r}; known: {sorted(MODELS)}")
     cfg = _read(PRESETS / "defaults.yaml")
     cfg = merge(cfg, _read(PRESETS / "datasets" / f"{dataset_preset_name(dataset)}.yaml"))
-    cfg = merge(cfg, _read(PRESETS / "models" / f"{model}.yaml"))
+    preset = _read(PRESETS / "models" / f"{model}.yaml")
+    per_dataset = preset.pop("datasets", None) or {}
+    cfg = merge(merge(cfg, preset), per_dataset.get(dataset_preset_name(dataset)) or {})
     if config_file:
         if not Path(config_file).exists():
             raise ConfigError("no such config file", config_file)
