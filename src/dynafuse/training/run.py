@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from ..analysis.summary import ordinal_stats
@@ -120,11 +120,29 @@ def evaluate(lit: LitMSA, bundle: Bundle, cfg: dict, run_dir: Path) -> dict:
     return metrics
 
 
+class FitClock(Callback):
+    """Wall seconds spent fitting, kept in every checkpoint: a resumed run's timing (s/epoch in the reports) then
+    counts the sessions before the kill, not only the last one."""
+
+    def __init__(self):
+        self.before, self.started = 0.0, time.time()
+
+    def seconds(self) -> float:
+        return self.before + time.time() - self.started
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.before = float(state.get("seconds", 0.0))
+
+
 def _trainer(cfg: dict, ckpt_dir: Path, run_dir: Path, lit: LitMSA, stage: str) -> tuple[L.Trainer, ModelCheckpoint]:
     t = cfg["train"]
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="valid_score", mode=lit.monitor_mode(),
                            save_top_k=1, save_last=True, enable_version_counter=False)
-    callbacks = [ckpt, EarlyStopping("valid_score", patience=t.get("patience", 8), mode=lit.monitor_mode())]
+    stop = EarlyStopping("valid_score", patience=t.get("patience", 8), mode=lit.monitor_mode())
+    callbacks = [ckpt, stop, FitClock()]
     if t.get("progress", True):
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
@@ -177,7 +195,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
     atomic_write_text(run_dir / "config.yaml", dump(cfg))
     train_dl, valid_dl = loader(bundle, "train", cfg, True), loader(bundle, "valid", cfg, False)
 
-    started, info = time.time(), {"stages": {}}
+    started, earlier, info = time.time(), 0.0, {"stages": {}}  # earlier: fit seconds from sessions before a kill
     stages = lit.model.stages
     for stage in stages:
         if stage in (t.get("skip_stages") or []):
@@ -187,15 +205,17 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
         lit.model.stage_setup(stage)
         if done.exists():  # a finished stage of a resumed run: take its selected weights and move on
             info["stages"][stage] = json.loads(done.read_text())
+            earlier += info["stages"][stage].get("seconds", 0.0)
             _load_weights(lit, Path(info["stages"][stage]["best"]))
             continue
         trainer, ckpt = _trainer(cfg, ckpt_dir, run_dir, lit, stage)
         last = ckpt_dir / "last.ckpt"
-        s0 = time.time()
         trainer.fit(lit, train_dl, valid_dl, ckpt_path=str(last) if resume and last.exists() else None)
         best = Path(ckpt.best_model_path or last)
+        clock = next(c for c in trainer.callbacks if isinstance(c, FitClock))
+        earlier += clock.before
         info["stages"][stage] = {"best": str(best), "best_score": float(ckpt.best_model_score or float("nan")),
-                                 "epochs": trainer.current_epoch, "seconds": time.time() - s0}
+                                 "epochs": trainer.current_epoch, "seconds": clock.seconds()}
         if trainer.is_global_zero:
             atomic_write_json(done, info["stages"][stage])
         _load_weights(lit, best)  # the next stage (or the test) starts from the weights valid selected
@@ -205,7 +225,7 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
     n_params = sum(p.numel() for p in lit.model.parameters())
     info.update(model=cfg["model"]["name"], dataset=cfg["data"]["name"], seed=t.get("seed", 0),
                 params=n_params, trainable_params=sum(p.numel() for p in lit.model.parameters() if p.requires_grad),
-                train_seconds=time.time() - started, input_dims=bundle.input_dims(),
+                train_seconds=time.time() - started + earlier, input_dims=bundle.input_dims(),
                 value_range=bundle.value_range, monitor=lit.monitor_key(), notes=bundle.notes,
                 feature_spec=bundle.feature_spec)
     atomic_write_json(run_dir / "run.json", info)
