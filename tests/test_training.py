@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from dynafuse.config import build_config
 from dynafuse.errors import ConfigError, DynafuseError
@@ -95,8 +96,6 @@ def test_resume_after_kill(data_dir, tmp_path):
 
 
 def _clock_seconds(ckpt: Path) -> float:
-    import torch
-
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["callbacks"]
     return next(v["seconds"] for k, v in state.items() if "FitClock" in k)
 

@@ -68,10 +68,11 @@ def build_config(model: str, dataset: str, overrides: list[str] | dict | None = 
     if model not in MODELS:  # fail before any data is loaded or encoded
         raise ConfigError(f"unknown model {model!r}; known: {sorted(MODELS)}")
     cfg = _read(PRESETS / "defaults.yaml")
-    cfg = merge(cfg, _read(PRESETS / "datasets" / f"{dataset_preset_name(dataset)}.yaml"))
+    data_preset = dataset_preset_name(dataset)
+    cfg = merge(cfg, _read(PRESETS / "datasets" / f"{data_preset}.yaml"))
     preset = _read(PRESETS / "models" / f"{model}.yaml")
     per_dataset = preset.pop("datasets", None) or {}
-    cfg = merge(merge(cfg, preset), per_dataset.get(dataset_preset_name(dataset)) or {})
+    cfg = merge(merge(cfg, preset), per_dataset.get(data_preset) or {})
     if config_file:
         if not Path(config_file).exists():
             raise ConfigError("no such config file", config_file)

@@ -137,12 +137,13 @@ class FitClock(Callback):
         self.before = float(state.get("seconds", 0.0))
 
 
-def _trainer(cfg: dict, ckpt_dir: Path, run_dir: Path, lit: LitMSA, stage: str) -> tuple[L.Trainer, ModelCheckpoint]:
+def _trainer(cfg: dict, ckpt_dir: Path, run_dir: Path, lit: LitMSA,
+             stage: str) -> tuple[L.Trainer, ModelCheckpoint, FitClock]:
     t = cfg["train"]
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="valid_score", mode=lit.monitor_mode(),
                            save_top_k=1, save_last=True, enable_version_counter=False)
-    stop = EarlyStopping("valid_score", patience=t.get("patience", 8), mode=lit.monitor_mode())
-    callbacks = [ckpt, stop, FitClock()]
+    clock = FitClock()
+    callbacks = [ckpt, EarlyStopping("valid_score", patience=t.get("patience", 8), mode=lit.monitor_mode()), clock]
     if t.get("progress", True):
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
@@ -152,7 +153,7 @@ def _trainer(cfg: dict, ckpt_dir: Path, run_dir: Path, lit: LitMSA, stage: str) 
         logger=CSVLogger(run_dir, name="logs", version=stage), enable_progress_bar=t.get("progress", True),
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
     )
-    return trainer, ckpt
+    return trainer, ckpt, clock
 
 
 def _load_weights(lit: LitMSA, path: Path, strict: bool = True) -> None:
@@ -208,11 +209,10 @@ def train(cfg: dict, out_dir: str | Path, resume: bool = False, force: bool = Fa
             earlier += info["stages"][stage].get("seconds", 0.0)
             _load_weights(lit, Path(info["stages"][stage]["best"]))
             continue
-        trainer, ckpt = _trainer(cfg, ckpt_dir, run_dir, lit, stage)
+        trainer, ckpt, clock = _trainer(cfg, ckpt_dir, run_dir, lit, stage)
         last = ckpt_dir / "last.ckpt"
         trainer.fit(lit, train_dl, valid_dl, ckpt_path=str(last) if resume and last.exists() else None)
         best = Path(ckpt.best_model_path or last)
-        clock = next(c for c in trainer.callbacks if isinstance(c, FitClock))
         earlier += clock.before
         info["stages"][stage] = {"best": str(best), "best_score": float(ckpt.best_model_score or float("nan")),
                                  "epochs": trainer.current_epoch, "seconds": clock.seconds()}
