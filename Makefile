@@ -32,6 +32,7 @@ demo: install
 	$(VENV)/bin/dynafuse demo
 
 test: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q
 
 test-heavy: install

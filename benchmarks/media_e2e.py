@@ -210,7 +210,7 @@ def main() -> None:
     res["peak_rss_mb"] = round(peak_rss_mb(), 1)
     res["load_average"] = [round(x, 2) for x in os.getloadavg()]  # other work on the machine during the run
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from dynafuse.io import atomic_write_json, atomic_write_text
+    from dynafuse.files import atomic_write_json, atomic_write_text
 
     atomic_write_json(RESULTS / "media_e2e.json", res)
     atomic_write_text(RESULTS / "media_e2e.md", markdown(res))

@@ -10,8 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from dynafuse.analysis.bench import (bench, count_flops, gmra_overhead, inference_peak_mb, markdown, matmul_flops,
-                                     print_report, write_report)
+from dynafuse.analysis.bench import (
+    bench,
+    count_flops,
+    gmra_overhead,
+    inference_peak_mb,
+    markdown,
+    matmul_flops,
+    print_report,
+    write_report,
+)
 from dynafuse.cli import main
 
 ROW_KEYS = {"model", "variant", "dataset", "params", "trainable", "weights_mb", "batch", "inference_peak_mb",

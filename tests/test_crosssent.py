@@ -11,12 +11,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import drop
 from dynafuse import losses
 from dynafuse.data.core import Batch
 from dynafuse.errors import ConfigError
 from dynafuse.models import ModelOutput, create_model
-from dynafuse.models.crosssent import GMRA, CrossModalAttention, InjectionGate, ModalityProjection
-from conftest import drop, garbage_padding
+from dynafuse.models.crosssent import (
+    GMRA,
+    CrossModalAttention,
+    InjectionGate,
+    ModalityProjection,
+)
 
 TASKS = ("regression", "3class")
 DIMS = {"text": 0, "audio": 8, "vision": 12}  # text 0 = token ids for a fine-tuned backbone
@@ -41,7 +46,7 @@ def build(tiny_bert):
     def make(task="regression", dims=None, seed=0, **cfg):
         torch.manual_seed(seed)
         return create_model("crosssent", dict(DIMS if dims is None else dims),
-                            {"task": task, "backbone": tiny_bert, "inject_layer": 2, "dropout": 0.1, **cfg})
+                            {"task": task, "inject_layer": 2, "dropout": 0.1, **cfg}, backbone=tiny_bert)
     return make
 
 
@@ -261,9 +266,9 @@ def test_ablation_switches(build):
 
 def test_config_errors(build, tiny_bert):
     with pytest.raises(ConfigError, match="finetune=true"):  # text features instead of ids
-        create_model("crosssent", {"text": 16, "audio": 8}, {"backbone": tiny_bert})
+        create_model("crosssent", {"text": 16, "audio": 8}, backbone=tiny_bert)
     with pytest.raises(ConfigError, match="needs text"):
-        create_model("crosssent", {"audio": 8, "vision": 12}, {"backbone": tiny_bert})
+        create_model("crosssent", {"audio": 8, "vision": 12}, backbone=tiny_bert)
     with pytest.raises(ConfigError, match="inject_layer"):
         build(inject_layer=LAYERS + 1)
     with pytest.raises(ConfigError, match="pool"):

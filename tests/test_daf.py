@@ -10,14 +10,18 @@ import math
 import pytest
 import torch
 
+from conftest import DIMS, drop, garbage_padding, synthetic_batch
 from dynafuse import losses
-from dynafuse.config import build_config
 from dynafuse.data.core import Batch
 from dynafuse.models import create_model
-from dynafuse.models.daf import (DAF, DynamicModalityAttention, StaticModalityWeights, UtteranceProjection,
-                                 masked_softmax)
-
-from conftest import DIMS, drop, garbage_padding, synthetic_batch
+from dynafuse.models.daf import (
+    DAF,
+    DynamicModalityAttention,
+    StaticModalityWeights,
+    UtteranceProjection,
+    masked_softmax,
+)
+from dynafuse.training import build_config
 
 CFG = {"d_model": 16, "dropout": 0.1}
 TASKS = ("regression", "3class")

@@ -6,16 +6,24 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import DIMS, drop, garbage_padding, synthetic_batch
 from dynafuse import losses
-from dynafuse.config import build_config
 from dynafuse.data.core import Batch
 from dynafuse.errors import ConfigError
 from dynafuse.models import create_model
-from dynafuse.models.dpdf_lq import (AdaptiveGate, ChannelAttention, CrossModalTransformer, DepthwiseConvBlock,
-                                     DGLQALayer, GlobalTokenTransformer, PathGate, SpatialAttention,
-                                     StandardQueryAttention, TextEncoder)
-
-from conftest import DIMS, drop, garbage_padding, synthetic_batch
+from dynafuse.models.dpdf_lq import (
+    AdaptiveGate,
+    ChannelAttention,
+    CrossModalTransformer,
+    DepthwiseConvBlock,
+    DGLQALayer,
+    GlobalTokenTransformer,
+    PathGate,
+    SpatialAttention,
+    StandardQueryAttention,
+    TextEncoder,
+)
+from dynafuse.training import build_config
 
 CFG = {"d_model": 16, "heads": 4, "layers": 1, "dropout": 0.1, "query_len": 4, "dglqa_depth": 3,
        "gpath_ca_depth": 2, "lpath_ca_depth": 2, "hidden": 32}

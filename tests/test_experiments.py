@@ -76,7 +76,9 @@ def _fake_cli(calls):
             run = Path(args[args.index("--out") + 1])
             (run / "checkpoints").mkdir(parents=True, exist_ok=True)
             (run / "checkpoints" / "best.ckpt").write_text("weights")
-            (run / "run.json").write_text(json.dumps({"stages": {"fit": {"best": str(run / "checkpoints/best.ckpt")}}}))
+            (run / "config.yaml").write_text("model: {name: early_fusion}\n")
+            (run / "run.json").write_text(json.dumps({"stages": {"fit": {"best": "checkpoints/best.ckpt"}},
+                                                      "input_dims": {"text": 384}}))
             (run / "metrics.json").write_text(json.dumps({"valid": {"mae": 1.0}, "test": {"mae": 1.0}}))
         elif args[0] == "robust":
             return 1 if "broken" in args[1] else (Path(args[1]) / "robustness.json").write_text("{}") and 0

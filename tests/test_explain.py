@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from dynafuse.analysis.explain import AttentionMean, explain_run
-from dynafuse.models.base import gate_components as components
 from dynafuse.cli import main
-from dynafuse.config import build_config
-from dynafuse.training import train
+from dynafuse.models import create_model
+from dynafuse.training import build_config, train
+from dynafuse.training.predict import AttentionMean
 
 
 def test_attention_mean_ignores_padding_and_grows():
@@ -29,9 +28,12 @@ def test_attention_mean_ignores_padding_and_grows():
 
 
 def test_gate_component_names():
-    assert components("path", 2, ["text", "audio"]) == ["global", "local"]
-    assert components("modality", 3, ["text", "audio", "vision"]) == ["text", "audio", "vision"]
-    assert components("gmra", 1, ["text", "audio"]) == ["gmra"]
+    """Names come from the model: DPDF-LQ declares its path gate's; a modality gate follows the modality order."""
+    dpdf = create_model("dpdf_lq", {"text": 8, "audio": 4}, {"d_model": 16, "heads": 4, "hidden": 16})
+    assert dpdf.gate_components("path", 2) == ["global", "local"]
+    early = create_model("early_fusion", {"text": 8, "audio": 4, "vision": 4}, {"d_model": 16})
+    assert early.gate_components("modality", 3) == ["text", "audio", "vision"]
+    assert early.gate_components("gmra", 1) == ["gmra"]
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ from dynafuse.cli import main
 from dynafuse.data import load_dataset
 from dynafuse.data.text import tokenize
 from dynafuse.errors import ConfigError, DataError
-from media_clips import LABELS, SENTENCE, make_source
+from media_clips import SENTENCE
+
 
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:

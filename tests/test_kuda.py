@@ -11,14 +11,19 @@ import math
 import pytest
 import torch
 
+from conftest import DIMS, drop, garbage_padding, synthetic_batch
 from dynafuse import losses
 from dynafuse.data.core import Batch
-from dynafuse.models import create_model
+from dynafuse.models import create_model, model_config
 from dynafuse.models.blocks import ModalityEncoder
-from dynafuse.models.kuda import (DynamicAttentionBlock, DynamicAttentionFusion, KnowledgeInjection,
-                                  ModalityCrossTransformer, UnimodalKnowledgeEncoder, sentiment_ratio)
-
-from conftest import DIMS, drop, garbage_padding, synthetic_batch
+from dynafuse.models.kuda import (
+    DynamicAttentionBlock,
+    DynamicAttentionFusion,
+    KnowledgeInjection,
+    ModalityCrossTransformer,
+    UnimodalKnowledgeEncoder,
+    sentiment_ratio,
+)
 
 CFG = {"d_model": 16, "heads": 4, "layers": 2, "dropout": 0.1, "adapter_bottleneck": 8, "fusion_layers": 2,
        "fusion_queries": 4}
@@ -100,12 +105,12 @@ def test_knowledge_injection_starts_as_the_layer_sum():
 @pytest.mark.parametrize("task", TASKS)
 def test_unimodal_encoder_shapes(task):
     out = 1 if task == "regression" else 3
-    enc = UnimodalKnowledgeEncoder(8, CFG, out)
+    enc = UnimodalKnowledgeEncoder(8, model_config("kuda", CFG), out)
     x, mask = torch.randn(3, 6, 8), torch.arange(6)[None] < torch.tensor([6, 2, 0])[:, None]
     u, pooled, logits = enc(x, mask)
     assert enc.out_dim == 32 and u.shape == (3, 6, 32) and pooled.shape == (3, 32) and logits.shape == (3, out)
     assert (u[1, 2:] == 0).all() and (pooled[2] == 0).all()  # padding and an absent modality are zeros
-    plain = UnimodalKnowledgeEncoder(8, CFG, out, knowledge=False)
+    plain = UnimodalKnowledgeEncoder(8, model_config("kuda", CFG), out, knowledge=False)
     u, pooled, logits = plain(x, mask)
     assert plain.out_dim == 16 and u.shape == (3, 6, 16) and logits is None
 
@@ -119,7 +124,7 @@ def test_fusion_block_shapes():
     assert c.shape == (2, 4, 16) and w.shape == (2, 4, 3)
     out, attn = DynamicAttentionBlock(mods, 16, 4, 0.0)(f, seqs, masks, torch.ones(2, 2))
     assert out.shape == (2, 4, 16) and attn["text"].shape == (2, 4, 5) and attn["audio"].shape == (2, 4, 3)
-    fusion = DynamicAttentionFusion({"text": 32, "audio": 8}, CFG).eval()
+    fusion = DynamicAttentionFusion({"text": 32, "audio": 8}, model_config("kuda", CFG)).eval()
     u = {"text": torch.randn(2, 5, 32), "audio": torch.randn(2, 3, 8)}
     present = torch.stack([masks[m].any(1) for m in mods], 1)
     fused, pooled, attn = fusion(u, masks, present, torch.ones(2, 2))
@@ -396,7 +401,7 @@ def test_token_ids_run_a_frozen_backbone_with_adapters(tmp_path):
     BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(tmp_path)
     torch.manual_seed(0)
-    model = create_model("kuda", {"text": 0, "audio": 8}, {**CFG, "backbone": str(tmp_path), "text_adapters": 2})
+    model = create_model("kuda", {"text": 0, "audio": 8}, {**CFG, "text_adapters": 2}, backbone=str(tmp_path))
     assert model.text_taps == [0, 2, 4] and len(model.encoders["text"].inject.adapters) == 2
     assert model.encoders["text"].encoder is None and model.encoders["text"].out_dim == 32
     assert not any(p.requires_grad for p in model.text_backbone.parameters())

@@ -14,11 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynafuse.config import build_config
 from dynafuse.data.core import Bundle, Split
 from dynafuse.data.registry import DATASETS, register_dataset
-from dynafuse.training import load_run, train
-from dynafuse.training.run import loader, predict
+from dynafuse.training import build_config, load_run, predict_batches, train
+from dynafuse.training.run import loader
 
 pytestmark = pytest.mark.slow
 MODS = ("text", "audio", "vision")
@@ -82,8 +81,8 @@ def results(tmp_path_factory, data_dir):
 def test_modality_weights_follow_the_informative_modality(results, model):
     _, run = results[model]
     cfg, lit, bundle = load_run(run)
-    out = predict(lit, loader(bundle, "test", cfg, shuffle=False))
-    gates = out["gate_modality"]  # (n, 3) in MODS order
+    out = predict_batches(lit.model, loader(bundle, "test", cfg, shuffle=False))
+    gates = out.gates["modality"]  # (n, 3) in MODS order
     informative = SPLITS["test"][1]
     weight_on_informative = gates[np.arange(len(gates)), informative].mean()
     assert weight_on_informative > 0.6, f"{model}: mean weight on the informative modality {weight_on_informative:.2f}"

@@ -10,7 +10,13 @@ import pytest
 from dynafuse.data.text import tokenize
 from dynafuse.errors import DataError
 from dynafuse.media.align import pool_frames, token_spans, token_words
-from dynafuse.media.asr import Transcript, Word, even_words, timed_words, word_error_rate
+from dynafuse.media.asr import (
+    Transcript,
+    Word,
+    even_words,
+    timed_words,
+    word_error_rate,
+)
 from media_clips import SENTENCE
 
 TEXTS = [SENTENCE, "Unbelievably GOOD!!  the café's soundtrack... 10/10", "", "  spaced   out  ",

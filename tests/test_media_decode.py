@@ -11,8 +11,16 @@ import pytest
 pytest.importorskip("av", reason="the media extra is not installed: pip install \"dynafuse[media]\"")
 
 from dynafuse.errors import ConfigError, DataError, DynafuseError  # noqa: E402
-from dynafuse.media import (EXTRACTORS, Clip, Extractor, Frames, MediaError, create_extractor,  # noqa: E402
-                            decode, register_extractor)
+from dynafuse.media import (  # noqa: E402
+    EXTRACTORS,
+    Clip,
+    Extractor,
+    Frames,
+    MediaError,
+    create_extractor,
+    decode,
+    register_extractor,
+)
 from dynafuse.media.decode import require  # noqa: E402
 from dynafuse.media.extractors import EXPRESSIONS, normalise_landmarks, subsample  # noqa: E402
 

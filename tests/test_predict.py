@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from dynafuse.config import build_config
 from dynafuse.errors import DataError
 from dynafuse.media.asr import word_error_rate
+from dynafuse.training import build_config
 from media_clips import SENTENCE
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -10,10 +10,9 @@ import pytest
 import yaml
 
 from dynafuse.analysis.report import write_report
-from dynafuse.analysis.summary import ordinal_stats
 from dynafuse.cli import main
 from dynafuse.errors import DataError, DynafuseError
-from dynafuse.metrics import compute_metrics
+from dynafuse.metrics import compute_metrics, ordinal_stats
 
 LEVELS = [0.0, 0.5, 1.0]
 

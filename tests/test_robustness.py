@@ -12,12 +12,23 @@ import math
 import pytest
 import torch
 
-from dynafuse.errors import ConfigError
-from dynafuse.experiments.robustness import (add_noise, drop_modalities, drop_positions, modality_dropout,
-                                             parse_levels, relative_robustness, robustness_run)
-from dynafuse.training.module import LitMSA
-
 from conftest import DIMS, synthetic_batch
+from dynafuse.config import TrainConfig
+from dynafuse.data.corrupt import (
+    add_noise,
+    drop_modalities,
+    drop_positions,
+    modality_dropout,
+)
+from dynafuse.errors import ConfigError
+from dynafuse.experiments.robustness import (
+    parse_levels,
+    relative_robustness,
+    robustness_run,
+)
+from dynafuse.models import create_model
+from dynafuse.training import build_config
+from dynafuse.training.module import LitMSA
 
 
 def big_synthetic_batch(n: int = 64, t: int = 40, seed: int = 0):
@@ -118,7 +129,8 @@ def test_modality_dropout_never_drops_every_modality_of_a_sample():
 
 
 def tiny_module(p: float) -> LitMSA:
-    return LitMSA("early_fusion", DIMS, {"d_model": 16, "heads": 4, "layers": 1}, {"modality_dropout": p}, 3.0)
+    model = create_model("early_fusion", DIMS, {"d_model": 16, "heads": 4, "layers": 1})
+    return LitMSA(model, TrainConfig(modality_dropout=p), 3.0)
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a bare step, no Trainer attached
@@ -134,14 +146,13 @@ def test_modality_dropout_only_in_training_steps(batch, monkeypatch):
     monkeypatch.setattr(lit, "augment", lambda b: pytest.fail("augmented outside training"))
     lit.validation_step(batch, 0)
     assert tiny_module(0.0).train().augment(batch) is batch
-    with pytest.raises(ConfigError, match="modality_dropout"):
-        tiny_module(1.5)
+    with pytest.raises(ConfigError, match="modality_dropout"):  # a probability: checked when the config is built
+        build_config("early_fusion", "mosi", ["train.modality_dropout=1.5"])
 
 
 @pytest.mark.slow
 def test_robustness_run_on_a_tiny_real_mosi_run(data_dir, tmp_path):
-    from dynafuse.config import build_config
-    from dynafuse.training import train
+    from dynafuse.training import build_config, train
 
     # trained with modality dropout, so the flag also runs inside the real Lightning loop
     cfg = build_config("early_fusion", "mosi", [f"data.data_dir={data_dir}", "data.limit=200", "train.max_epochs=1",

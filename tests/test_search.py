@@ -36,6 +36,7 @@ def _fake_trainer(trained):
         trained.append(run.name)
         (run / "metrics.json").write_text(json.dumps({"valid": {"mae": 1.0 - 100 * lr, "corr": 0.5},
                                                       "test": {"mae": 0.5 + 100 * lr, "corr": 0.9}}))
+        (run / "run.json").write_text(json.dumps({"stages": {}}))  # written last by training: "finished"
         return cell, "", 0, 0.0
 
     return run_cell
@@ -43,7 +44,7 @@ def _fake_trainer(trained):
 
 def test_selection_follows_valid_never_test(tmp_path, monkeypatch):
     trained = []
-    monkeypatch.setattr(search, "_run_cell", _fake_trainer(trained))
+    monkeypatch.setattr(search, "run_cell", _fake_trainer(trained))
     best = search.tune(_write(tmp_path))
     out = tmp_path / "tune"
     rows = list(csv.DictReader((out / "trials.csv").open()))
@@ -65,7 +66,7 @@ def test_selection_follows_valid_never_test(tmp_path, monkeypatch):
 
 def test_rerun_adds_only_missing_trials_and_resumes_a_killed_one(tmp_path, monkeypatch):
     trained = []
-    monkeypatch.setattr(search, "_run_cell", _fake_trainer(trained))
+    monkeypatch.setattr(search, "run_cell", _fake_trainer(trained))
     path = _write(tmp_path, trials=3)
     search.tune(path)
     assert search.tune(path)["trials_finished"] == 3 and len(trained) == 3  # nothing reruns

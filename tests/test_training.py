@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynafuse.config import build_config
 from dynafuse.errors import ConfigError, DynafuseError
-from dynafuse.training import evaluate_run, load_run, train
+from dynafuse.training import build_config, evaluate_run, load_run, train
 
 pytestmark = pytest.mark.slow
 QUICK = ["train.progress=false", "train.max_epochs=3", "train.patience=3"]

@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from dynafuse.config import build_config
 from dynafuse.errors import ConfigError
 from dynafuse.experiments.transfer import transfer_run
+from dynafuse.training import build_config
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,3 @@
 """dynafuse: dynamic multimodal fusion for sentiment analysis."""
 
 __version__ = "0.1.0"
-
-MODALITIES = ("text", "audio", "vision")

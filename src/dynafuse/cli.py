@@ -56,9 +56,8 @@ def cmd_datasets(_):
 
 
 def cmd_train(a):
-    from .config import build_config
-    from .io import safe_name
-    from .training import train
+    from .files import safe_name
+    from .training import build_config, train
 
     overrides = list(a.overrides)
     overrides += [f"train.seed={a.seed}", f"model.task={a.task}"] if a.task else [f"train.seed={a.seed}"]
@@ -76,18 +75,17 @@ def cmd_train(a):
 def cmd_demo(a):
     """Train (or reuse) the default run on real MOSI and print it beside the published rows."""
     from .analysis.anchors import load_anchors
-    from .config import build_config
-    from .training import evaluate_run, train
+    from .training import RunDir, build_config, evaluate_run, train
 
     out = Path(a.out)
     overrides = [f"data.data_dir={a.data_dir}"] if a.data_dir else []
     cfg = build_config(a.model, "mosi", overrides + list(a.overrides))
-    if (out / "metrics.json").exists() and (out / "run.json").exists():
+    if RunDir(out).finished:
         print(f"{out} has finished already: re-evaluating its selected checkpoint")
         metrics = evaluate_run(out)
     else:
-        metrics = train(cfg, out, resume=(out / "checkpoints").exists())
-    anchors = load_anchors("mosi", cfg["data"].get("data_dir"))
+        metrics = train(cfg, out, resume=RunDir(out).started)
+    anchors = load_anchors("mosi", cfg.data.data_dir)
     print_metrics(metrics, f"{a.model} on real CMU-MOSI (MiniLM text + openSMILE audio, official split) -> {out}",
                   anchors=[r for r in anchors if r["model"] in ("MulT", "MISA", "Self-MM", "DPDF-LQ")])
     if anchors:
@@ -100,7 +98,7 @@ def cmd_summarize(a):
 
     groups = group_runs(find_runs(a.runs), split=a.split)
     if not groups:
-        raise DynafuseError("no finished runs (metrics.json + run.json) found", " ".join(a.runs))
+        raise DynafuseError("no finished runs (run.json) found", " ".join(a.runs))
     print(write_summary(groups, a.out) if a.out else markdown_table(groups))
 
 
@@ -180,8 +178,6 @@ def cmd_explain(a):
 
 
 def cmd_predict(a):
-    import json
-
     from .media.predict import Predictor, print_prediction
 
     predictor = Predictor(a.run, asr_model=None if a.no_asr else "tiny.en")

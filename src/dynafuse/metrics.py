@@ -48,7 +48,12 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score
+from sklearn.metrics import (
+    accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+)
 
 _VALUE_RANGES = (1.0, 3.0)
 CLASS_LABELS = (-1, 0, 1)  # negative, neutral, positive
@@ -116,7 +121,9 @@ def _pearson(p: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip(r, -1.0, 1.0)) if math.isfinite(r) else 0.0
 
 
-def _qwk(lp: np.ndarray, ly: np.ndarray) -> float:
+def qwk(lp: np.ndarray, ly: np.ndarray) -> float:
+    """Quadratic weighted Cohen's kappa of predicted levels `lp` against true levels `ly` (integers in -3..3);
+    0.0 when undefined. Levels unused by both sides carry no counts, so 3-class kappa is the same computation."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn/numpy warn on 0/0 when undefined
         k = cohen_kappa_score(ly, lp, labels=list(range(-3, 4)), weights="quadratic")
@@ -149,7 +156,7 @@ def compute_metrics(pred, label, value_range: float = 3.0) -> dict[str, float]:
 
     lp, ly = levels(p, 7, value_range), levels(y, 7, value_range)
     jump = np.abs(lp - ly)
-    out["qwk"] = _qwk(lp, ly)
+    out["qwk"] = qwk(lp, ly)
     out["jump2"] = float(np.mean(jump >= 2))
     out["mean_abs_jump"] = float(np.mean(jump))
     out["n"] = int(p.size)
@@ -169,6 +176,40 @@ def compute_class_metrics(pred_class, label_class) -> dict[str, float]:
         "f1_3": _pct(f1_score(y, p, labels=list(CLASS_LABELS), average="weighted", zero_division=0)),
         "n": int(p.size),
     }
+
+
+LOWER_IS_BETTER = frozenset({"mae", "mse", "jump2", "mean_abs_jump", "loss"})
+
+
+def lower_is_better(metric: str) -> bool:
+    """True for error metrics (MAE, MSE, Jump2+, MeanAbsJump, a loss), False for accuracies, F1, Corr, QWK."""
+    return metric.split("/")[-1] in LOWER_IS_BETTER
+
+
+def score_metrics(pred, y, task: str = "regression", value_range: float = 3.0) -> dict[str, float]:
+    """The metric suite of a run: `compute_metrics` for regression; for the 3-class task (2501.08085), accuracy
+    and weighted F1 of the predicted class in {-1, 0, 1} against the label's Acc-3 level."""
+    if task == "3class":
+        return compute_class_metrics(pred, levels(np.asarray(y, dtype=np.float64), 3, value_range))
+    return compute_metrics(pred, y, value_range=value_range)
+
+
+def ordinal_stats(pred, y, task: str = "regression", value_range: float = 3.0) -> dict:
+    """Confusion matrix over the ordinal levels (rows = true level, columns = predicted level) with qwk, jump2
+    and mean_abs_jump: 7 levels for regression (the suite's binning), the 3 classes for the 3-class task
+    (predictions are already -1/0/1; the label's class is its 3-level bin, the same as the training target)."""
+    y = np.asarray(y, dtype=np.float64)
+    if task == "3class":
+        n, lp = 3, np.asarray(pred).astype(np.int64)
+    else:
+        n, lp = 7, levels(pred, 7, value_range)
+    ly = levels(y, n, value_range)
+    h = (n - 1) // 2
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (ly + h, lp + h), 1)
+    jump = np.abs(lp - ly)
+    return {"levels": list(range(-h, h + 1)), "confusion": cm.tolist(), "qwk": qwk(lp, ly),
+            "jump2": float(np.mean(jump >= 2)), "mean_abs_jump": float(np.mean(jump)), "n": int(len(y))}
 
 
 def confusion(pred, label, n_levels: int = 7, value_range: float = 3.0) -> np.ndarray:

@@ -34,12 +34,21 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    flop_registry,
+    register_flop_formula,
+)
 
+from ..data import SplitDataset
 from ..errors import ConfigError
+from ..files import atomic_write_json, atomic_write_text
+from ..models import benchmark_models, list_models
+from ..training import build_config, prepare_data
+from ..training.run import build_module, loader
+from .summary import md_table
 
-DEFAULT_MODELS = ["unimodal_text", "early_fusion", "late_fusion", "attention_fusion", "daf", "kuda", "dpdf_lq",
-                  "crosssent"]
 NO_GMRA = ("crosssent", "gmra=false", ["model.gmra=false"])  # (model, variant, overrides): the Table 4 baseline
 BATCH = 64  # the batch of the throughput, FLOP and memory figures (CrossSent's Table 4 uses 64)
 MATMUL_N = 1024  # the machine probe: an N x N float32 matmul
@@ -178,9 +187,6 @@ def train_step(lit, dl):
 def measure_model(model: str, dataset: str, variant: str, overrides: list[str], threads: int, repeats: int,
                   warmup: int, train: bool, steps: int) -> dict:
     """Every figure for one model; runs in its own process (see `bench`)."""
-    from ..config import build_config
-    from ..training.run import build_module, loader, prepare_data
-
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = build_config(model, dataset, overrides)
@@ -189,8 +195,8 @@ def measure_model(model: str, dataset: str, variant: str, overrides: list[str], 
     net = lit.model
     net.stage_setup(net.stages[-1])
     net.eval()
-    big, one = (next(iter(loader(bundle, "test", {**cfg, "data": {**cfg["data"], "batch_size": size}}, False)))
-                for size in (BATCH, 1))  # the first test batch of 64 (fewer if the split is smaller), first sample
+    big, one = (next(iter(DataLoader(ds, batch_size=size, collate_fn=ds.collate)))
+                for ds in [SplitDataset(bundle.splits["test"])] for size in (BATCH, 1))  # first test batch of 64, 1
     n = len(big.y)
 
     def infer(batch):
@@ -210,7 +216,7 @@ def measure_model(model: str, dataset: str, variant: str, overrides: list[str], 
     if train:
         dl = loader(bundle, "train", cfg, shuffle=True)
         step_s, mm_s = median_seconds([train_step(lit, dl), mm], steps, warmup)
-        row.update(train_batch=cfg["data"]["batch_size"], sec_per_step=step_s, sec_per_epoch=step_s * len(dl),
+        row.update(train_batch=cfg.data.batch_size, sec_per_step=step_s, sec_per_epoch=step_s * len(dl),
                    train_matmul_flops=mm_flops / mm_s)
     return row
 
@@ -240,8 +246,6 @@ def machine_info(threads: int) -> dict:
 
 
 def check_models(models: list[str]) -> None:
-    from ..models import list_models
-
     known = list_models()
     unknown = [m for m in models if m not in known]
     if unknown:
@@ -250,8 +254,8 @@ def check_models(models: list[str]) -> None:
 
 def bench(models: list[str] | None = None, dataset: str = "mosi", train: bool = False, threads: int | None = None,
           repeats: int = 20, warmup: int = 3, steps: int = 10, overrides: list[str] = ()) -> dict:
-    """Measure `models` (default: all but the audio/vision-only ones) side by side; CrossSent also without GMRA."""
-    models = list(models or DEFAULT_MODELS)
+    """Measure `models` (default: the registry's `benchmark` models) side by side; CrossSent also without GMRA."""
+    models = list(models or benchmark_models())
     check_models(models)
     threads = resolve_threads(threads)
     specs = []
@@ -362,8 +366,6 @@ def notes(result: dict) -> list[str]:
 
 
 def markdown(result: dict) -> str:
-    from .summary import md_table
-
     parts = [f"Cost on {result['dataset']}, measured side by side in one run (`dynafuse bench`).", ""]
     parts += [f"- {line}" for line in notes(result)]
     for title, header, rows in tables(result):
@@ -391,8 +393,6 @@ def print_report(result: dict) -> None:
 
 def write_report(result: dict, out: str | Path) -> tuple[Path, Path]:
     """OUT.md (tables and notes) and OUT.json (every number), each written atomically."""
-    from ..io import atomic_write_json, atomic_write_text
-
     out = Path(out)
     md = atomic_write_text(out.with_name(out.name + ".md"), markdown(result))
     js = atomic_write_json(out.with_name(out.name + ".json"), result)

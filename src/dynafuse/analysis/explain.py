@@ -17,84 +17,17 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..io import atomic_write_json, atomic_write_text
+from ..errors import DynafuseError
+from ..files import atomic_write_json, atomic_write_text
 from ..metrics import levels
-from ..models.base import gate_components
+from ..training import load_run, predict_batches
+from ..training.predict import MIN_SHARE
+from ..training.run import loader
 from .report import pyplot, save_figure
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-MIN_SHARE = 0.1  # attention positions present in fewer samples than this share are not drawn (too few to average)
 TSNE_MAX = 2000  # t-SNE is quadratic in the samples: a fixed random subset beyond this
-
-
-class AttentionMean:
-    """Running mean of one attention map over samples, for maps whose size differs between batches.
-
-    Maps are (B, Tq, Tk) or (B, heads, Tq, Tk) (heads are averaged). A cell counts for a sample only where the
-    query row has weight (a real query) and the key column has weight from some query (a real, unpadded key), so
-    padding never dilutes the mean. The sum grows to the longest sequence seen.
-    """
-
-    def __init__(self):
-        self.sum = np.zeros((0, 0))
-        self.count = np.zeros((0, 0))
-        self.n = 0
-
-    def add(self, w: torch.Tensor) -> None:
-        w = w.float()
-        if w.dim() == 4:
-            w = w.mean(1)
-        elif w.dim() == 2:
-            w = w.unsqueeze(1)
-        w = w.numpy()
-        valid = (w.sum(2, keepdims=True) > 0) & (w.sum(1, keepdims=True) > 0)
-        tq, tk = w.shape[1:]
-        grow = (max(tq, self.sum.shape[0]), max(tk, self.sum.shape[1]))
-        if grow != self.sum.shape:
-            self.sum = np.pad(self.sum, [(0, grow[0] - self.sum.shape[0]), (0, grow[1] - self.sum.shape[1])])
-            self.count = np.pad(self.count, [(0, grow[0] - self.count.shape[0]), (0, grow[1] - self.count.shape[1])])
-        self.sum[:tq, :tk] += (w * valid).sum(0)
-        self.count[:tq, :tk] += valid.sum(0)
-        self.n += len(w)
-
-    def mean(self) -> np.ndarray:
-        """The mean map, cut to the rows and columns that at least MIN_SHARE of the samples have."""
-        keep_q = np.flatnonzero(self.count.max(1) >= MIN_SHARE * self.n)
-        keep_k = np.flatnonzero(self.count.max(0) >= MIN_SHARE * self.n)
-        if not len(keep_q) or not len(keep_k):
-            return np.zeros((0, 0))
-        m = self.sum / np.maximum(self.count, 1)
-        return m[: keep_q[-1] + 1, : keep_k[-1] + 1]
-
-
-@torch.inference_mode()
-def collect(lit, dl) -> dict:
-    """Run the model over a loader: predictions, labels, sample order, 2-D gates, fused states, mean attention."""
-    lit.eval()
-    out = {"pred": [], "y": [], "index": [], "gates": {}, "fused": [], "attention": {}, "other_gates": set()}
-    for batch in dl:
-        o = lit.model(batch)
-        out["pred"].append(o.pred.float().numpy())
-        out["y"].append(batch.y.float().numpy())
-        out["index"].append(batch.index.numpy())
-        for name, g in o.gates.items():
-            if g.dim() == 2:
-                out["gates"].setdefault(name, []).append(g.float().numpy())
-            else:
-                out["other_gates"].add(name)
-        if o.fused is not None:
-            out["fused"].append(o.fused.float().numpy())
-        for name, a in o.attention.items():
-            if torch.is_tensor(a) and a.dim() in (2, 3, 4):
-                out["attention"].setdefault(name, AttentionMean()).add(a)
-    cat = {k: np.concatenate(out[k]) for k in ("pred", "y", "index")}
-    cat["gates"] = {k: np.concatenate(v) for k, v in out["gates"].items()}
-    cat["fused"] = np.concatenate(out["fused"]) if len(out["fused"]) == len(out["pred"]) else None
-    cat["attention"] = out["attention"]
-    cat["other_gates"] = sorted(out["other_gates"])
-    return cat
 
 
 def gate_stats(g: np.ndarray, comps: list[str], level: np.ndarray) -> dict:
@@ -194,45 +127,42 @@ def gates_csv(ids, y, pred, gates: dict[str, np.ndarray], comps: dict[str, list[
 
 def explain_run(run_dir: str | Path, out: str | Path | None = None, split: str = "test") -> dict:
     """Explain a finished run (its local checkpoint) on `split`; return what explain.json holds."""
-    from ..errors import DynafuseError
-    from ..training.run import load_run, loader
-
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "explain"
     cfg, lit, bundle = load_run(run_dir)
     if split not in bundle.splits:
         raise DynafuseError(f"no {split!r} split in this run's data; have {sorted(bundle.splits)}", run_dir)
     model = lit.model
-    res = collect(lit, loader(bundle, split, cfg, shuffle=False))
-    ids = np.asarray(bundle.splits[split].ids)[res["index"]]
+    res = predict_batches(model, loader(bundle, split, cfg, shuffle=False), fused=True, attention=True)
+    ids = np.asarray(bundle.splits[split].ids)[res.index]
     n_levels = 3 if model.task == "3class" else 7
-    level = levels(res["y"], n_levels, bundle.value_range)
-    title = f"{cfg['model']['name']} on {cfg['data']['name']} ({split}, n={len(ids)})"
-    info = {"run": str(run_dir), "model": cfg["model"]["name"], "dataset": cfg["data"]["name"], "split": split,
+    level = levels(res.y, n_levels, bundle.value_range)
+    title = f"{cfg.model.name} on {cfg.data.name} ({split}, n={len(ids)})"
+    info = {"run": str(run_dir), "model": cfg.model.name, "dataset": cfg.data.name, "split": split,
             "task": model.task, "modalities": model.modalities, "n": int(len(ids)),
             "level_binning": f"{n_levels} levels of the label (metrics.levels)", "gates": {}, "attention": {},
             "figures": [], "notes": []}
 
     gates, comps = {}, {}
-    for name, g in res["gates"].items():
-        comps[name] = gate_components(name, g.shape[1], model.modalities)
+    for name, g in res.gates.items():
+        comps[name] = model.gate_components(name, g.shape[1])
         info["gates"][name] = gate_stats(g, comps[name], level)
         if g.shape[1] == 1 and np.ptp(g) == 0:
             info["notes"].append(f"gate '{name}' has one component and is constant ({g[0, 0]:g}): not drawn")
         else:
             gates[name] = g
-    if res["other_gates"]:
-        info["notes"].append(f"gates {res['other_gates']} are not (batch, components) weights: not summarised")
-    if res["gates"]:
-        atomic_write_text(out / "gates.csv", gates_csv(ids, res["y"], res["pred"], res["gates"], comps))
+    if res.other_gates:
+        info["notes"].append(f"gates {res.other_gates} are not (batch, components) weights: not summarised")
+    if res.gates:
+        atomic_write_text(out / "gates.csv", gates_csv(ids, res.y, res.pred, res.gates, comps))
     if gates:
         gates_figure(gates, info["gates"], out / "gates.png", title)
         info["figures"].append("gates.png")
-    if not res["gates"]:
+    if not res.gates:
         info["notes"].append("this model has no gates (ModelOutput.gates is empty): no gates.png / gates.csv")
 
     maps = {}
-    for name, acc in res["attention"].items():
+    for name, acc in res.attention.items():
         m = acc.mean()
         info["attention"][name] = {"shape": list(m.shape)}
         if m.shape[1] <= 1:  # softmax over a single key is 1 everywhere: nothing to see
@@ -249,14 +179,14 @@ def explain_run(run_dir: str | Path, out: str | Path | None = None, split: str =
     else:
         info["notes"].append("no attention map worth drawing (ModelOutput.attention is empty or single-key)")
 
-    if res["fused"] is not None and len(res["fused"]) > 5:
-        info["tsne"] = tsne_figure(res["fused"], res["y"], out / "tsne.png",
+    if res.fused is not None and len(res.fused) > 5:
+        info["tsne"] = tsne_figure(res.fused, res.y, out / "tsne.png",
                                    title + ": t-SNE of the fused representation")
         info["figures"].append("tsne.png")
     else:
         info["notes"].append("no fused representation (ModelOutput.fused is None): no t-SNE")
     for stale in {"gates.png", "attention.png", "tsne.png", "gates.csv"} - set(info["figures"]) - (
-            {"gates.csv"} if res["gates"] else set()):
+            {"gates.csv"} if res.gates else set()):
         (out / stale).unlink(missing_ok=True)  # left by an earlier explain of another model in this folder
     atomic_write_json(out / "explain.json", info)
     return info

@@ -18,7 +18,6 @@ import base64
 import csv
 import html
 import io
-import json
 import os
 import re
 from collections import defaultdict
@@ -26,11 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.registry import resolve_data_dir
 from ..errors import DataError, DynafuseError
-from ..io import atomic_write, atomic_write_json, atomic_write_text, safe_name
-from ..metrics import METRIC_KEYS, aggregate, format_mean_std
+from ..files import atomic_write, atomic_write_json, atomic_write_text, safe_name
+from ..metrics import METRIC_KEYS, aggregate, format_mean_std, ordinal_stats
+from ..training import RunDir
 from .anchors import load_anchors
-from .summary import FINE, by_dataset_task, cell, find_runs, group_runs, label, md_table, metric_table, ordinal_stats
+from .summary import (
+    FINE,
+    by_dataset_task,
+    cell,
+    find_runs,
+    group_runs,
+    label,
+    md_table,
+    metric_table,
+)
 
 ANCHOR_KEYS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc3", "acc5", "acc7", "mae", "corr")
 HEADLINE = {"regression": ("mae", "corr"), "3class": ("acc3", "f1_3")}  # per-model figure, robustness tables
@@ -44,13 +54,6 @@ PUBLISHED_NOTE = "published — different features (BERT + COVAREP/Facet), not l
 
 
 # --------------------------------------------------------------------------- reading run folders
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"not valid JSON: {e}", path) from None
 
 
 def ordinal_from_predictions(path: Path, task: str, value_range: float) -> dict:
@@ -68,16 +71,14 @@ def ordinal_from_predictions(path: Path, task: str, value_range: float) -> dict:
 
 def run_extras(run: dict) -> dict:
     """What else a run folder holds: ordinal stats, robustness, transfer results, explanation figures."""
-    d = Path(run["dir"])
-    ordinal = None
-    if (d / "ordinal.json").exists():
-        ordinal = read_json(d / "ordinal.json")
-    elif (d / "predictions.csv").exists():
+    rd = RunDir(run["dir"])
+    d = rd.path
+    ordinal = rd.read_json("ordinal.json")
+    if ordinal is None and (d / "predictions.csv").exists():
         ordinal = ordinal_from_predictions(d / "predictions.csv", run["task"], run["value_range"])
     explain = sorted(str(p) for p in (d / "explain").glob("*.png")) if (d / "explain").is_dir() else []
-    return {"ordinal": ordinal,
-            "robustness": read_json(d / "robustness.json") if (d / "robustness.json").exists() else None,
-            "transfer": [read_json(p) for p in sorted(d.glob("transfer-*.json"))],
+    return {"ordinal": ordinal, "robustness": rd.read_json("robustness.json"),
+            "transfer": [rd.read_json(p.name) for p in sorted(d.glob("transfer-*.json"))],
             "explain": explain}
 
 
@@ -484,12 +485,8 @@ def write_report(run_dirs_or_roots, out: str | Path, split: str = "test", data_d
 
 def anchor_data_dir(runs: list[dict]):
     """The data folder the runs were trained from (their config), which locates ../anchors beside it."""
-    import yaml
-
-    from ..data.registry import resolve_data_dir
-
     for r in runs:
-        cfg = yaml.safe_load((Path(r["dir"]) / "config.yaml").read_text())
+        cfg = RunDir(r["dir"]).raw_config()
         try:
             return resolve_data_dir(cfg.get("data", {}).get("data_dir"))
         except DataError:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-import yaml
-
-from ..metrics import _qwk, aggregate, format_mean_std, levels
+from ..files import atomic_write_json, atomic_write_text
+from ..metrics import aggregate, format_mean_std
+from ..training import find_runs as find_run_dirs
 
 SHOWN = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc3", "acc5", "acc7", "mae", "corr", "qwk", "jump2",
          "mean_abs_jump")
@@ -18,23 +16,8 @@ FINE = ("mae", "corr", "qwk", "jump2", "mean_abs_jump")  # shown with 3 decimals
 
 
 def find_runs(roots: list[str | Path]) -> list[dict]:
-    """Every finished run (a folder with metrics.json and run.json) under the given roots."""
-    runs = []
-    for root in roots:
-        for m in sorted(Path(root).rglob("metrics.json")):
-            info_path = m.parent / "run.json"
-            if not info_path.exists():
-                continue
-            info = json.loads(info_path.read_text())
-            cfg = yaml.safe_load((m.parent / "config.yaml").read_text())
-            stages = info.get("stages", {}).values()
-            epochs = sum(s.get("epochs", 0) for s in stages)
-            runs.append({"dir": str(m.parent), "model": info["model"], "dataset": info["dataset"],
-                         "seed": info["seed"], "task": cfg["model"].get("task", "regression"),
-                         "variant": cfg.get("variant", ""), "metrics": json.loads(m.read_text()),
-                         "params": info.get("params"), "value_range": info.get("value_range", 3.0),
-                         "sec_per_epoch": sum(s.get("seconds", 0) for s in stages) / max(epochs, 1)})
-    return runs
+    """Every finished run under the given roots, as `RunDir.record()` rows."""
+    return [run.record() for run in find_run_dirs(roots)]
 
 
 def group_runs(runs: list[dict], split: str = "test") -> list[dict]:
@@ -94,29 +77,8 @@ def markdown_table(groups: list[dict], keys=None, split: str = "test") -> str:
 
 def write_summary(groups: list[dict], out: str | Path) -> str:
     """Write grouped runs to OUT.md (tables) and OUT.json (numbers); return the Markdown."""
-    from ..io import atomic_write_json, atomic_write_text
-
     table = markdown_table(groups)
     out = Path(out)
     atomic_write_text(out.with_suffix(".md"), table)
     atomic_write_json(out.with_suffix(".json"), groups)
     return table
-
-
-def ordinal_stats(pred, y, task: str = "regression", value_range: float = 3.0) -> dict:
-    """Confusion matrix over the ordinal levels (rows = true level, columns = predicted level) with qwk, jump2
-    and mean_abs_jump: 7 levels for regression (the metric suite's binning), the 3 classes for the 3-class task
-    (predictions are already -1/0/1; the label's class is its 3-level bin, the same as the training target)."""
-    y = np.asarray(y, dtype=np.float64)
-    if task == "3class":
-        n, lp = 3, np.asarray(pred).astype(np.int64)
-    else:
-        n, lp = 7, levels(pred, 7, value_range)
-    ly = levels(y, n, value_range)
-    h = (n - 1) // 2
-    cm = np.zeros((n, n), dtype=np.int64)
-    np.add.at(cm, (ly + h, lp + h), 1)
-    jump = np.abs(lp - ly)
-    # _qwk's label list is the 7 levels; unused levels have no counts, so the 3-class kappa is unchanged
-    return {"levels": list(range(-h, h + 1)), "confusion": cm.tolist(), "qwk": _qwk(lp, ly),
-            "jump2": float(np.mean(jump >= 2)), "mean_abs_jump": float(np.mean(jump)), "n": int(len(y))}

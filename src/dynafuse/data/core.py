@@ -12,6 +12,7 @@ import torch
 
 from ..errors import DataError
 
+MODALITIES = ("text", "audio", "vision")  # the order every model and table uses
 UNIMODAL_KEYS = {"text": "y_text", "audio": "y_audio", "vision": "y_vision"}
 
 
@@ -105,7 +106,7 @@ class Bundle:
 
     @property
     def modalities(self) -> list[str]:
-        return [m for m in ("text", "audio", "vision") if m in self.reference.features]
+        return [m for m in MODALITIES if m in self.reference.features]
 
     def feature_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Train-split mean/std of every float modality (token ids have none)."""

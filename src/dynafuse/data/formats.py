@@ -13,12 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .core import Bundle, Split, pad_sequences
-from .registry import UNI_COLUMNS
-from .tables import SPLITS, existing, label_range, read_label_csv
-
-MODALITIES = ("text", "audio", "vision")
-
+from .core import MODALITIES, Bundle, Split, pad_sequences
+from .tables import SPLITS, UNI_COLUMNS, existing, label_range, read_label_csv
 
 # ---- shared helpers ----------------------------------------------------------------------------
 
@@ -111,7 +107,7 @@ def _bundle(name: str, splits: dict[str, Split], path: Path, value_range: float 
     notes = list(notes or [])
     for s, split in splits.items():
         notes += _finish(s, split, (sources or {}).get(s, path), fix_nonfinite)
-    value_range = label_range([s.y for s in splits.values()], value_range, path, "data.value_range")
+    value_range = label_range([s.y for s in splits.values()], value_range, path, "data.value_range=1 or 3")
     return Bundle(name=name, splits=splits, value_range=value_range, source=str(path), notes=notes)
 
 
@@ -148,7 +144,7 @@ def _mmsa_split(d: dict, path: Path, where: str, notes: list[str]) -> Split:
 
 
 def read_mmsa(path: str | Path, allow_pickle: bool = False, value_range: float | None = None,
-              fix_nonfinite: bool = False, **_) -> Bundle:
+              fix_nonfinite: bool = False) -> Bundle:
     """MMSA feature pickle: BERT text features, audio and vision sequences, optional SIMS T/A/V labels."""
     p = Path(path).expanduser()
     data = _split_dicts(_load_pickle(p, allow_pickle), p, MMSA_KEYS)
@@ -172,7 +168,7 @@ def _mult_split(d: dict, path: Path, where: str) -> Split:
 
 
 def read_mult(path: str | Path, allow_pickle: bool = False, value_range: float | None = None,
-              fix_nonfinite: bool = False, **_) -> Bundle:
+              fix_nonfinite: bool = False) -> Bundle:
     """MulT pickle: word-aligned GloVe text, audio and vision sequences; no raw text."""
     p = Path(path).expanduser()
     data = _split_dicts(_load_pickle(p, allow_pickle), p, MULT_KEYS)
@@ -218,7 +214,7 @@ def read_misa_split(path: str | Path, allow_pickle: bool = False, fix_nonfinite:
 
 
 def read_misa(path: str | Path, allow_pickle: bool = False, split: str = "valid", value_range: float | None = None,
-              fix_nonfinite: bool = False, **_) -> Bundle:
+              fix_nonfinite: bool = False) -> Bundle:
     """A MISA folder (train.pkl, dev.pkl, test.pkl), or one file read as the split named by `split`."""
     p = Path(path).expanduser()
     if p.is_dir():
@@ -226,7 +222,7 @@ def read_misa(path: str | Path, allow_pickle: bool = False, split: str = "valid"
     elif split in SPLITS:
         files = {split: p}
     else:
-        raise ConfigError(f"data.split must be one of {list(SPLITS)}, not {split!r}")
+        raise ConfigError(f"data.options.split must be one of {list(SPLITS)}, not {split!r}")
     splits = {s: _misa_split(_load_pickle(f, allow_pickle), f) for s, f in files.items()}
     return _bundle(p.stem, splits, p, value_range, fix_nonfinite, sources=files)
 
@@ -279,7 +275,7 @@ def _rows(modes: np.ndarray, split: str) -> slice | np.ndarray:
     return rows
 
 
-def read_path(path: str | Path, value_range: float | None = None, fix_nonfinite: bool = False, **_) -> Bundle:
+def read_path(path: str | Path, value_range: float | None = None, fix_nonfinite: bool = False) -> Bundle:
     """A folder made by `dynafuse extract`: transcripts (encoded at train time), memory-mapped audio/vision.
 
     The feature spec comes from meta.json, with the text backbone/max_len it was made with: for the aligned

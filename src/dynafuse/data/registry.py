@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from pathlib import Path
 from typing import Callable
@@ -11,11 +12,11 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .core import Bundle, Split
-from .tables import SPLITS, existing, read_label_csv, read_npz
+from .formats import READERS
+from .tables import SPLITS, UNI_COLUMNS, read_label_csv, read_npz
 
 DATASETS: dict[str, Callable[..., Bundle]] = {}
 DESCRIPTIONS: dict[str, str] = {}
-UNI_COLUMNS = {"text": "label_T", "audio": "label_A", "vision": "label_V"}
 
 
 def register_dataset(name: str, description: str):
@@ -39,18 +40,45 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     raise DataError("no data directory: pass --data-dir or set DYNAFUSE_DATA")
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, **options) -> Bundle:
-    """Build a registered dataset, or read a user's file with `format:path` (e.g. `mmsa:aligned_50.pkl`)."""
+def reader_of(name: str) -> Callable[..., Bundle]:
+    """The function that builds dataset `name` (a registered name or FORMAT:PATH); ConfigError when unknown."""
     if ":" in name:
-        fmt, path = name.split(":", 1)
-        from . import formats
-
-        if fmt not in formats.READERS:
-            raise ConfigError(f"unknown data format {fmt!r}; known: {sorted(formats.READERS)}")
-        return formats.READERS[fmt](path, **options)
+        fmt = name.split(":", 1)[0]
+        if fmt not in READERS:
+            raise ConfigError(f"unknown data format {fmt!r}; known: {', '.join(sorted(READERS))}")
+        return READERS[fmt]
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} or FORMAT:PATH")
-    return DATASETS[name](resolve_data_dir(data_dir), **options)
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))} or FORMAT:PATH")
+    return DATASETS[name]
+
+
+def reader_options(name: str) -> list[str]:
+    """The options (data.options.*) the reader of `name` takes, from its signature."""
+    params = list(inspect.signature(reader_of(name)).parameters.values())[1:]  # the first is the path / data dir
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, value_range: float | None = None,
+                 **options) -> Bundle:
+    """Build a registered dataset, or read a user's file with `format:path` (e.g. `mmsa:aligned_50.pkl`).
+
+    `options` are the reader's options; one set (not None / False) that this reader does not take is a
+    ConfigError, so a setting never passes silently. `value_range` is the label scale: readers of user files take
+    it, a registered dataset has its own and refuses another."""
+    read = reader_of(name)
+    takes = reader_options(name)
+    stray = [k for k, v in options.items() if v not in (None, False) and k not in takes]
+    if stray:
+        raise ConfigError(f"data.options.{stray[0]} does not apply to dataset {name!r} (its options: "
+                          f"{', '.join(o for o in takes if o != 'value_range') or 'none'})")
+    kwargs = {k: v for k, v in options.items() if k in takes and v is not None}
+    if "value_range" in takes:
+        kwargs["value_range"] = value_range
+    bundle = read(name.split(":", 1)[1] if ":" in name else resolve_data_dir(data_dir), **kwargs)
+    if value_range is not None and float(value_range) != bundle.value_range:
+        raise ConfigError(f"dataset {name!r} has labels in [-{bundle.value_range:g}, {bundle.value_range:g}]; "
+                          f"data.value_range={value_range:g} does not apply to it")
+    return bundle
 
 
 def _label_csv_splits(table: dict, modes: np.ndarray | None = None) -> dict[str, Split]:
@@ -66,7 +94,7 @@ def _label_csv_splits(table: dict, modes: np.ndarray | None = None) -> dict[str,
 
 
 def _text_only(folder: str, value_range: float, default_text_column: str = "text"):
-    def build(data_dir: Path, text_column: str = default_text_column, **_) -> Bundle:
+    def build(data_dir: Path, text_column: str = default_text_column) -> Bundle:
         path = data_dir / folder / "label.csv"
         table = read_label_csv(path, text_column=text_column)
         return Bundle(name=folder, splits=_label_csv_splits(table), value_range=value_range, source=str(path))
@@ -101,7 +129,7 @@ def _vector(split_rows: np.ndarray, vec: np.ndarray) -> tuple[np.ndarray, np.nda
 
 @register_dataset("mosi", "CMU-MOSI official split 1284/229/686: text (transcripts) + audio (openSMILE utterance "
                           "vectors); the leaky text/video vectors are refused")
-def mosi(data_dir: Path, modalities=("text", "audio"), **_) -> Bundle:
+def mosi(data_dir: Path, modalities=("text", "audio")) -> Bundle:
     for m in modalities:
         if m in LEAKY or m not in ("text", "audio"):
             raise ConfigError(
@@ -131,7 +159,7 @@ def _carve_valid(video_ids: np.ndarray, share: float = 0.15) -> np.ndarray:
 
 @register_dataset("mosi-bclstm", "CMU-MOSI speaker-independent split (1447 train / 752 test): text, audio (openSMILE) "
                                  "and vision (3D-CNN) vectors; valid carved from train by video id")
-def mosi_bclstm(data_dir: Path, text_source: str = "transcript", valid_share: float = 0.15, **_) -> Bundle:
+def mosi_bclstm(data_dir: Path, text_source: str = "transcript", valid_share: float = 0.15) -> Bundle:
     path, z = _utterance_features(data_dir)
     video_ids = np.array([i.rsplit("_", 1)[0] for i in z["ids"]])
     modes = z["split_bclstm"].astype(str).copy()
@@ -145,7 +173,7 @@ def mosi_bclstm(data_dir: Path, text_source: str = "transcript", valid_share: fl
         if text_source == "cnn":
             split.features["text"], split.lengths["text"] = _vector(rows, z["text"])
         elif text_source != "transcript":
-            raise ConfigError(f"data.text_source must be 'transcript' or 'cnn', not {text_source!r}")
+            raise ConfigError(f"data.options.text_source must be 'transcript' or 'cnn', not {text_source!r}")
         split.check(path)
         splits[s] = split
     return Bundle(name="mosi-bclstm", splits=splits, value_range=3.0, source=str(path),

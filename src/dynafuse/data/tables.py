@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import DataError
 
 LABEL_COLUMNS = ("video_id", "clip_id", "label", "mode")
+UNI_COLUMNS = {"text": "label_T", "audio": "label_A", "vision": "label_V"}  # unimodal labels (CH-SIMS)
 SPLITS = ("train", "valid", "test")
 
 

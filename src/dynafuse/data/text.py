@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..io import atomic_save_npy
+from ..files import atomic_save_npy
 from .core import Bundle
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights ship in packages; never reach for a hub
@@ -91,16 +91,14 @@ def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_
     return np.load(feats_file, mmap_mode="r"), lengths
 
 
-def attach_text(bundle: Bundle, cfg: dict, cache_dir: Path) -> Bundle:
-    """Give every split a `text` modality, as the config asks.
+def attach_text(bundle: Bundle, cfg, cache_dir: Path) -> Bundle:
+    """Give every split a `text` modality, as the config asks (`cfg`: the `data.text` section, a TextConfig).
 
-    cfg keys: `source` (auto | raw | features), `backbone`, `max_len`, `finetune`.
-    `auto` keeps text features the dataset ships (MulT, MMSA pickles) and encodes transcripts otherwise.
+    `source` auto | raw | features: `auto` keeps text features the dataset ships (MulT, MMSA pickles) and encodes
+    transcripts otherwise; `finetune` stores token ids (N, max_len) instead of frozen states (N, max_len, H).
     """
-    source = cfg.get("source", "auto")
+    source = cfg.source
     has_features = "text" in bundle.reference.features
-    if source not in ("auto", "raw", "features"):
-        raise ConfigError(f"data.text.source must be auto, raw or features, not {source!r}")
     if source == "features" or (source == "auto" and has_features):
         if not has_features:
             raise ConfigError(f"dataset {bundle.name} ships no text features; use data.text.source=raw")
@@ -109,26 +107,25 @@ def attach_text(bundle: Bundle, cfg: dict, cache_dir: Path) -> Bundle:
     for split in bundle.splits.values():
         if split.raw_text is None:
             raise ConfigError(f"dataset {bundle.name} has no transcripts to encode")
-        if cfg.get("finetune", False):
-            ids, lengths = tokenize(split.raw_text, cfg.get("backbone"), cfg.get("max_len", 50))
+        if cfg.finetune:
+            ids, lengths = tokenize(split.raw_text, cfg.backbone, cfg.max_len)
         else:
-            ids, lengths = encode_frozen(split.raw_text, cfg.get("backbone"), cfg.get("max_len", 50),
-                                         cache_dir / "text")
+            ids, lengths = encode_frozen(split.raw_text, cfg.backbone, cfg.max_len, cache_dir / "text")
         split.features["text"], split.lengths["text"] = ids, lengths
     # transcripts through a backbone: what `dynafuse predict` can redo on a new clip
-    bundle.feature_spec["text"] = {"extractor": "backbone", "backbone": cfg.get("backbone") or DEFAULT_BACKBONE,
-                                   "max_len": int(cfg.get("max_len", 50)), "finetune": bool(cfg.get("finetune"))}
+    bundle.feature_spec["text"] = {"extractor": "backbone", "backbone": cfg.backbone or DEFAULT_BACKBONE,
+                                   "max_len": int(cfg.max_len), "finetune": bool(cfg.finetune)}
     return bundle
 
 
-def _check_aligned_tokens(bundle: Bundle, cfg: dict) -> None:
+def _check_aligned_tokens(bundle: Bundle, cfg) -> None:
     """Word-aligned audio/vision (`dynafuse extract --layout aligned`) hold one vector per token of the tokenizer
     they were extracted with: training must tokenize the same way, or the sequences no longer line up."""
     made = bundle.feature_spec.get("text") if bundle.feature_spec.get("layout") == "aligned" else None
     if not made:
         return
     want = (made.get("backbone") or DEFAULT_BACKBONE, int(made.get("max_len", 50)))
-    got = (cfg.get("backbone") or DEFAULT_BACKBONE, int(cfg.get("max_len", 50)))
+    got = (cfg.backbone or DEFAULT_BACKBONE, int(cfg.max_len))
     if backbone_path(want[0]) != backbone_path(got[0]) or want[1] != got[1]:
         raise ConfigError(f"dataset {bundle.name} has audio/vision aligned to the tokens of backbone {want[0]!r} "
                           f"with max_len {want[1]}; train with data.text.backbone={want[0]} "

@@ -1,8 +1,7 @@
 """Robustness of a trained run at test time: missing modalities, feature noise, dropped tokens/frames.
 
-Every corruption is a function Batch -> Batch that leaves its input untouched and is deterministic given a
-`torch.Generator`. The same mask helper drives `modality_dropout`, the training-time augmentation
-(`train.modality_dropout=P`), so "a modality is missing" means one thing in training and in testing.
+The corruptions live in `dynafuse.data.corrupt` (the same missing-modality mask drives `train.modality_dropout`),
+so "a modality is missing" means one thing in training and in testing.
 
 Relative robustness follows MultiBench: the area under the metric-vs-level curve (trapezoid), divided by the
 level span so it stays on the metric's own scale.
@@ -11,76 +10,20 @@ level span so it stays on the metric's own scale.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data.core import Batch
+from ..data.corrupt import add_noise, drop_modalities, drop_positions
 from ..errors import ConfigError
-from ..io import atomic_write_json
+from ..metrics import score_metrics
+from ..training import RunDir, load_run, predict_batches
+from ..training.run import loader, set_threads
 
 LEVELS = [round(i / 10, 1) for i in range(10)]  # 0, 0.1, ..., 0.9
 SHOWN = {"regression": ["mae", "corr", "acc2_non0", "acc7"], "3class": ["acc3", "f1_3"]}
-
-
-# ---- corruptions --------------------------------------------------------------------------------------------
-
-def set_missing(batch: Batch, rows: dict[str, torch.Tensor]) -> Batch:
-    """Mark modality m missing (all-false mask) on the samples where `rows[m]` (B,) is true.
-    Features stay as they are: a model must not read features under a false mask."""
-    mask = dict(batch.mask)
-    for m, r in rows.items():
-        mask[m] = batch.mask[m] & ~r.to(batch.mask[m].device)[:, None]
-    return replace(batch, mask=mask)
-
-
-def drop_modalities(batch: Batch, modalities) -> Batch:
-    """Every sample loses the given modalities."""
-    return set_missing(batch, {m: torch.ones(len(batch), dtype=torch.bool) for m in modalities})
-
-
-def add_noise(batch: Batch, modalities, level: float, std: dict[str, torch.Tensor],
-              generator: torch.Generator) -> Batch:
-    """x + level * std_m * N(0, 1) on valid positions only; `std[m]` (D,) is the train-split feature std,
-    so a level means the same for every feature dimension."""
-    if level == 0:
-        return batch
-    x = dict(batch.x)
-    for m in modalities:
-        v = batch.x[m]
-        noise = torch.randn(v.shape, generator=generator) * std[m].to(v) * level
-        x[m] = v + noise * batch.mask[m].unsqueeze(-1)
-    return replace(batch, x=x)
-
-
-def drop_positions(batch: Batch, modalities, level: float, generator: torch.Generator) -> Batch:
-    """Each valid token/frame becomes invalid with probability `level`; a sample that had the modality keeps
-    at least one position (its least likely dropped one), so noise never turns into a missing modality."""
-    if level == 0:
-        return batch
-    mask = dict(batch.mask)
-    for m in modalities:
-        valid = batch.mask[m]
-        r = torch.rand(valid.shape, generator=generator)
-        kept = valid & (r >= level)
-        keep_one = torch.nn.functional.one_hot(torch.where(valid, r, -1.0).argmax(1), valid.shape[1]).bool()
-        lost = valid.any(1) & ~kept.any(1)
-        mask[m] = kept | (keep_one & lost[:, None])
-    return replace(batch, mask=mask)
-
-
-def modality_dropout(batch: Batch, p: float, modalities, generator: torch.Generator | None = None) -> Batch:
-    """Training augmentation: each sample drops each modality it has with probability p, but keeps at least
-    one of them (a random one). Uses torch's global RNG unless given a generator (Lightning seeds it)."""
-    present = torch.stack([batch.present(m) for m in modalities], 1)  # (B, M)
-    drop = (torch.rand(present.shape, generator=generator) < p) & present
-    none_left = present.any(1) & ~(present & ~drop).any(1)
-    pick = torch.where(present, torch.rand(present.shape, generator=generator), -1.0).argmax(1)
-    drop[none_left, pick[none_left]] = False
-    return set_missing(batch, {m: drop[:, i] for i, m in enumerate(modalities)})
 
 
 def relative_robustness(levels, values) -> float:
@@ -109,11 +52,8 @@ def check_levels(levels) -> list[float]:
 
 
 def _score(lit, bundle, cfg, split: str, corrupt) -> dict:
-    from ..training.module import score_metrics
-    from ..training.run import loader, predict
-
-    out = predict(lit, (corrupt(b) for b in loader(bundle, split, cfg, shuffle=False)))
-    return score_metrics(out["pred"], bundle.splits[split].y, lit.model.task, bundle.value_range)
+    out = predict_batches(lit.model, (corrupt(b) for b in loader(bundle, split, cfg, shuffle=False)))
+    return score_metrics(out.pred, bundle.splits[split].y, lit.model.task, bundle.value_range)
 
 
 def _curves(score, names: dict[str, list[str]], levels, clean: dict, make, seed: int) -> dict:
@@ -137,8 +77,6 @@ def _curves(score, names: dict[str, list[str]], levels, clean: dict, make, seed:
 
 def robustness_run(run_dir: str | Path, split: str = "test", seed: int = 0, levels=None) -> dict:
     """Evaluate a finished run under every corruption and write `RUN_DIR/robustness.json` atomically."""
-    from ..training.run import load_run, set_threads
-
     run_dir, levels = Path(run_dir), check_levels(LEVELS if levels is None else levels)
     cfg, lit, bundle = load_run(run_dir)
     if split not in bundle.splits:
@@ -172,13 +110,13 @@ def robustness_run(run_dir: str | Path, split: str = "test", seed: int = 0, leve
     rel = {f"{kind}/{name}": {k: relative_robustness(levels, v) for k, v in curve.items()}
            for kind, curves in (("noise", noise), ("token_drop", tokens)) for name, curve in curves.items()}
     result = {
-        "run": str(run_dir), "model": cfg["model"]["name"], "dataset": cfg["data"]["name"], "split": split,
+        "run": str(run_dir), "model": cfg.model.name, "dataset": cfg.data.name, "split": split,
         "seed": seed, "task": model.task, "modalities": mods, "clean": clean, "drop": drop,
         "noise": {"levels": levels, "curves": noise, "skipped": noise_skipped},
         "token_drop": {"levels": levels, "curves": tokens, "skipped": drop_skipped},
         "relative_robustness": rel, "seconds": round(time.time() - started, 1),
     }
-    atomic_write_json(run_dir / "robustness.json", result)
+    RunDir(run_dir).write_json("robustness.json", result)
     return result
 
 

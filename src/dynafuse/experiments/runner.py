@@ -20,13 +20,13 @@ grid:
       robustness: true
       transfer: [mosei]
 ```
-A cell whose run folder has `metrics.json` is not trained again; one with checkpoints but no metrics resumes.
+A cell whose run folder has finished (`run.json`) is not trained again; one with checkpoints but no run.json resumes.
 An evaluation runs when its result (`robustness.json`, `transfer-T.json`) is missing and the run's selected
 checkpoint is on this machine; a finished run without its checkpoint (e.g. a fresh clone) is listed, not retrained.
 
 Backends: `local` runs cells in a pool of child processes; `ray` runs each cell as a Ray task, on a private
 loopback-only Ray instance, or on the cluster at `$RAY_ADDRESS` (run folders, data and the text cache must then sit
-on a filesystem that every node sees at the same path). Both run the same `_run_cell` (`python -m dynafuse.cli
+on a filesystem that every node sees at the same path). Both run the same `run_cell` (`python -m dynafuse.cli
 train ...`, then the evaluations, output appended to the cell's `train.log`), so skipping, failures and the report
 are the same.
 
@@ -36,7 +36,6 @@ seeds and tested once: `variants: {tuned: [<best.yaml's overrides>]}`.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -48,8 +47,10 @@ from pathlib import Path
 
 import yaml
 
+from ..analysis.report import write_report
 from ..errors import ConfigError, DynafuseError
-from ..io import safe_name
+from ..files import safe_name
+from ..training import RunDir
 
 BACKENDS = ("local", "ray")
 EVALUATIONS = ("robustness", "transfer")
@@ -103,22 +104,13 @@ def expand(spec: dict) -> list[Cell]:
     return cells
 
 
-def has_checkpoint(run: Path) -> bool:
-    """The run finished and its selected weights are on this machine (checkpoints are not committed)."""
-    try:
-        stages = json.loads((run / "run.json").read_text())["stages"]
-        return Path(list(stages.values())[-1]["best"]).exists()
-    except (OSError, ValueError, KeyError, IndexError):
-        return False
-
-
 def evaluations(cell: Cell, run: Path, data_dir: str | None) -> list[tuple[str, list[str]]]:
     """The declared evaluations whose result file is missing, as (label, `dynafuse` arguments)."""
-    todo = []
-    if cell.evaluate.get("robustness") and not (run / "robustness.json").exists():
+    todo, rd = [], RunDir(run)
+    if cell.evaluate.get("robustness") and not (rd / "robustness.json").exists():
         todo.append(("robust", ["robust", str(run)]))
     for target in cell.evaluate.get("transfer") or []:
-        if not (run / f"transfer-{safe_name(target)}.json").exists():
+        if not rd.transfer_file(target).exists():
             todo.append((f"transfer {target}", ["transfer", str(run), "--dataset", target,
                                                 *(["--data-dir", data_dir] if data_dir else [])]))
     return todo
@@ -127,16 +119,16 @@ def evaluations(cell: Cell, run: Path, data_dir: str | None) -> list[tuple[str, 
 def steps(cell: Cell, out: Path, data_dir: str | None) -> list[tuple[str, list[str]]]:
     """What is left to do for a cell, in order: train (unless finished), then the missing evaluations."""
     run = cell.run_dir(out)
-    if (run / "metrics.json").exists():
+    if RunDir(run).finished:
         todo = evaluations(cell, run, data_dir)
-        return todo if todo and has_checkpoint(run) else []
+        return todo if todo and RunDir(run).has_checkpoint() else []
     args = ["train", "--model", cell.model, "--dataset", cell.dataset, "--seed", str(cell.seed), "--task", cell.task,
             "--out", str(run), *cell.overrides]
     if cell.variant:
         args.append(f"variant={cell.variant}")
     if data_dir:
         args += ["--data-dir", data_dir]
-    if (run / "checkpoints").exists():
+    if RunDir(run).started:
         args.append("--resume")
     return [("train", args), *evaluations(cell, run, data_dir)]
 
@@ -148,7 +140,7 @@ def _call(args: list[str], log: Path, cwd: str | None) -> int:
                               cwd=cwd).returncode
 
 
-def _run_cell(cell: Cell, out: Path, data_dir: str | None, cwd: str | None = None) -> tuple[Cell, str, int, float]:
+def run_cell(cell: Cell, out: Path, data_dir: str | None, cwd: str | None = None) -> tuple[Cell, str, int, float]:
     """Do a cell's remaining steps, stopping at the first that fails: (cell, failed step or "", exit code, seconds).
 
     The one function both backends run (a Ray task runs it in a Ray worker)."""
@@ -191,13 +183,13 @@ def ray_session(cpus: int):
 def _local_results(jobs: list[tuple], workers: int):
     # Threads only wait on child processes; each step runs in its own process.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done in as_completed([pool.submit(_run_cell, *job) for job in jobs]):
+        for done in as_completed([pool.submit(run_cell, *job) for job in jobs]):
             yield done.result()
 
 
 def _ray_results(jobs: list[tuple], workers: int, cpus_per_cell: float):
     with ray_session(workers) as ray:
-        task = ray.remote(_run_cell).options(num_cpus=cpus_per_cell)
+        task = ray.remote(run_cell).options(num_cpus=cpus_per_cell)
         cell_of = {task.remote(*job): job[0] for job in jobs}
         pending = list(cell_of)
         while pending:
@@ -244,7 +236,7 @@ def run_experiment(path: str | Path, data_dir: str | None = None, workers: int |
     console.print(f"{len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run -> {out}")
     for c in cells:
         run = c.run_dir(out)
-        if (run / "metrics.json").exists() and not has_checkpoint(run) and evaluations(c, run, data_dir):
+        if RunDir(run).finished and not RunDir(run).has_checkpoint() and evaluations(c, run, data_dir):
             console.print(f"  {run}: evaluations skipped, its checkpoint is not on this machine")
     if report_only:
         todo = []
@@ -255,9 +247,7 @@ def run_experiment(path: str | Path, data_dir: str | None = None, workers: int |
         return []
     failed = run_cells(todo, out, data_dir, backend, workers or spec.get("workers", 1),
                        spec.get("cpus_per_cell", 1), console) if todo else []
-    finished = [c.run_dir(out) for c in cells if (c.run_dir(out) / "run.json").exists()]
+    finished = [c.run_dir(out) for c in cells if RunDir(c.run_dir(out)).finished]
     if spec.get("report") and finished:  # only this experiment's cells, even when several experiments share `out`
-        from ..analysis.report import write_report
-
         write_report(finished, spec["report"], data_dir=data_dir)
     return failed

@@ -37,8 +37,6 @@ grid:
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import os
@@ -48,11 +46,11 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, DynafuseError
-from ..io import atomic_write_json, atomic_write_text
-from ..io import safe_name
-from .runner import Cell, _run_cell, ray_session
+from ..files import atomic_write_csv, atomic_write_json, atomic_write_text, safe_name
+from ..metrics import lower_is_better
+from ..training import RunDir
+from .runner import Cell, ray_session, run_cell
 
-MINIMISE = {"mae", "jump2", "mean_abs_jump"}
 KINDS = ("loguniform", "uniform", "int", "choice")
 SEARCH_BACKENDS = ("optuna", "ray")
 
@@ -109,7 +107,7 @@ def distributions(space: dict, path=None) -> dict:
 
 
 def direction(metric: str) -> str:
-    return "minimize" if metric in MINIMISE else "maximize"
+    return "minimize" if lower_is_better(metric) else "maximize"
 
 
 def trial_overrides(params: dict) -> list[str]:
@@ -141,7 +139,7 @@ def trial_dir(out: Path, params: dict) -> Path:
 
 def valid_score(run: Path, metric: str) -> float:
     """The selection score: `metric` on the VALID split of a finished trial. Nothing else is read."""
-    valid = json.loads((run / "metrics.json").read_text())["valid"]
+    valid = RunDir(run).metrics()["valid"]
     if metric not in valid:
         raise ConfigError(f"metric {metric!r} is not among the valid metrics ({', '.join(valid)})", run)
     return float(valid[metric])
@@ -153,7 +151,7 @@ def run_trial(spec: dict, params: dict, data_dir: str | None = None, cwd: str | 
     run = trial_dir(out, params)
     cell = Cell(spec["model"], spec["dataset"], int(spec["seed"]), spec["task"],
                 overrides=[*spec["overrides"], *trial_overrides(params)], folder=run.name)
-    _, _, code, _ = _run_cell(cell, out, data_dir, cwd)
+    _, _, code, _ = run_cell(cell, out, data_dir, cwd)
     if code:
         raise TrialFailed(f"training exited with {code}; see train.log", run)
     return valid_score(run, spec["metric"])
@@ -253,7 +251,7 @@ def trial_rows(spec: dict) -> list[dict]:
         params = _params(run)
         if params is None:
             continue
-        done = (run / "metrics.json").exists()
+        done = RunDir(run).finished
         rows.append({"trial": run.name, **params,
                      f"valid_{spec['metric']}": valid_score(run, spec["metric"]) if done else ""})
     return rows
@@ -274,12 +272,7 @@ def write_results(spec: dict) -> dict:
     out, metric = Path(spec["out"]), spec["metric"]
     rows = trial_rows(spec)
     best = best_trial(rows, metric)
-    buf = io.StringIO()
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "trials.csv", buf.getvalue())
+    atomic_write_csv(out / "trials.csv", rows)
     params = {k: v for k, v in best.items() if k in spec["space"]}
     result = {"model": spec["model"], "dataset": spec["dataset"], "out": str(out), "trial": best["trial"],
               "selected_on": "valid", "metric": metric, "direction": direction(metric),

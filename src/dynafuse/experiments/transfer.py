@@ -9,28 +9,29 @@ Clips the two datasets share are counted by id (`overlap`), and the unshared one
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import numpy as np
+from omegaconf import DictConfig
 
+from ..data import load_dataset
 from ..errors import ConfigError, DynafuseError
-from ..io import atomic_write_json, safe_name
+from ..metrics import score_metrics
+from ..training import RunDir, build_config, load_model, predict_batches, prepare_data
+from ..training.run import loader, set_threads
 
 SPLIT = "test"
 
 
-def target_config(cfg: dict, target: str, data_dir=None, limit: int | None = None) -> dict:
+def target_config(cfg: DictConfig, target: str, data_dir=None, limit: int | None = None) -> DictConfig:
     """The run's config pointed at `target`: the target preset's reader options, the run's text config."""
-    from ..config import build_config
-
     out = copy.deepcopy(cfg)
-    preset = build_config(cfg["model"]["name"], target)["data"]
-    out["data"].update(name=target, options=preset["options"])
+    preset = build_config(cfg.model.name, target).data
+    out.data.name, out.data.options, out.data.value_range = target, preset.options, None
     if data_dir:
-        out["data"]["data_dir"] = str(data_dir)
+        out.data.data_dir = str(data_dir)
     if limit:
-        out["data"]["limit"] = int(limit)
+        out.data.limit = int(limit)
     return out
 
 
@@ -40,13 +41,11 @@ def _fill_missing(split, modality: str, dim: int) -> None:
     split.lengths[modality] = np.zeros(len(split), dtype=np.int64)
 
 
-def source_ids(cfg: dict, data_dir=None) -> dict[str, np.ndarray] | str:
+def source_ids(cfg: DictConfig, data_dir=None) -> dict[str, np.ndarray] | str:
     """The source dataset's clip ids per split (labels only, no text encoding), or why they cannot be read."""
-    from ..data import load_dataset
-
     try:
-        src = load_dataset(cfg["data"]["name"], data_dir or cfg["data"].get("data_dir"),
-                           **dict(cfg["data"].get("options") or {}))
+        src = load_dataset(cfg.data.name, data_dir or cfg.data.data_dir, cfg.data.value_range,
+                           **dict(cfg.data.options))
     except DynafuseError as e:
         return f"not checked ({e})"
     return {k: s.ids for k, s in src.splits.items()}
@@ -58,12 +57,10 @@ def _range(value_range: float) -> str:
 
 def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | None = None) -> dict:
     """Score the run's selected model on `target`'s test split; write `RUN_DIR/transfer-<target>.json`."""
-    from ..training.module import score_metrics
-    from ..training.run import load_model, loader, predict, prepare_data, set_threads
-
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     cfg, info, lit = load_model(run_dir)
-    source = cfg["data"]["name"]
+    source = cfg.data.name
     tcfg = target_config(cfg, target, data_dir, limit)
     set_threads(tcfg)
     bundle = prepare_data(tcfg)
@@ -82,16 +79,14 @@ def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | N
         elif have[m] != dims[m]:
             raise ConfigError(f"modality {m!r} has dim {have[m]} in {target} but {dims[m]} in the checkpoint "
                               f"trained on {source}", run_dir / "run.json")
-    out = predict(lit, loader(bundle, SPLIT, tcfg, shuffle=False))
-    metrics = score_metrics(out["pred"], split.y, lit.model.task, bundle.value_range)
-    in_domain = {}
-    if (run_dir / "metrics.json").exists():
-        in_domain = json.loads((run_dir / "metrics.json").read_text()).get(SPLIT, {})
+    pred = predict_batches(lit.model, loader(bundle, SPLIT, tcfg, shuffle=False)).pred
+    metrics = score_metrics(pred, split.y, lit.model.task, bundle.value_range)
+    in_domain = run.metrics().get(SPLIT, {})
     notes = [f"zero-shot: trained on {source}, scored on {target} {SPLIT} without training"]
     notes += [f"{m} is absent in {target}: fed as missing (all-false mask)" for m in missing]
     if limit:
         notes.append(f"first {limit} rows of each split only (data.limit)")
-    result = {"run": str(run_dir), "model": cfg["model"]["name"], "source": source, "target": target,
+    result = {"run": str(run_dir), "model": cfg.model.name, "source": source, "target": target,
               "split": SPLIT, "metrics": metrics, "in_domain": in_domain, "n": len(split),
               "missing_modalities": missing}
 
@@ -111,8 +106,8 @@ def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | N
                                            else f"none is new to {source}"))
             if sum(v for k, v in result["overlap"].items() if k != SPLIT):
                 notes.append(f"WARNING: some {target} {SPLIT} clips were in {source}'s train/valid: not held out")
-            result["metrics_unseen"] = (score_metrics(out["pred"][unseen], split.y[unseen], lit.model.task,
+            result["metrics_unseen"] = (score_metrics(pred[unseen], split.y[unseen], lit.model.task,
                                                       bundle.value_range) if unseen.sum() > 1 else {})
     result["notes"] = "; ".join(notes + list(bundle.notes))
-    atomic_write_json(run_dir / f"transfer-{safe_name(target)}.json", result)
+    run.write_json(run.transfer_file(target).name, result)
     return result

@@ -4,7 +4,13 @@ Nothing heavy is imported here: the media packages are optional (`pip install "d
 """
 
 from .decode import INSTALL_HINT, Clip, MediaError, decode
-from .extractors import EXTRACTORS, Extractor, Frames, create_extractor, register_extractor
+from .extractors import (
+           EXTRACTORS,
+           Extractor,
+           Frames,
+           create_extractor,
+           register_extractor,
+)
 
 __all__ = ["INSTALL_HINT", "Clip", "MediaError", "decode", "EXTRACTORS", "Extractor", "Frames",
            "create_extractor", "register_extractor"]

@@ -27,10 +27,15 @@ from typing import Iterator
 
 import numpy as np
 
-from ..data.registry import UNI_COLUMNS
-from ..data.tables import SPLITS, label_range, read_label_csv
+from ..data.tables import SPLITS, UNI_COLUMNS, label_range, read_label_csv
 from ..errors import ConfigError, DataError, DynafuseError
-from ..io import atomic_save_npy, atomic_write, atomic_write_json, atomic_write_text, safe_name
+from ..files import (
+    atomic_save_npy,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    safe_name,
+)
 from .asr import check_asr
 from .pipeline import MEDIA_MODALITIES, ClipFeatures, FeaturePipeline
 
@@ -164,8 +169,14 @@ def run_jobs(jobs: list[Job], cfg: dict, workers: int, pipeline: FeaturePipeline
 
 
 def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[last]}"), disable=not enabled)

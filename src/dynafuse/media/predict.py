@@ -15,7 +15,7 @@ import torch
 
 from ..data.core import Batch
 from ..errors import DataError
-from ..models.base import gate_components
+from ..training import predict_batches
 
 LEVELS = ["strongly negative", "negative", "weakly negative", "neutral", "weakly positive", "positive",
           "strongly positive"]  # the Acc-7 levels of MOSI/MOSEI, rounded score -3..3
@@ -53,7 +53,7 @@ class Predictor:
     """A run's model plus the feature pipeline its spec asks for, loaded once and kept warm for many clips."""
 
     def __init__(self, run_dir: str | Path, asr_model: str | None = "tiny.en"):
-        from ..training.run import load_model
+        from ..training import load_model
         from .extractors import create_extractor
         from .pipeline import FeaturePipeline
 
@@ -112,16 +112,15 @@ class Predictor:
         if not any(used.values()):
             raise DataError("nothing this run can use in the clip: " + "; ".join(
                 f"{m}: {report[m].get('note', '?')}" for m in self.model.modalities), clip)
-        out = self.model(batch)
+        out = predict_batches(self.model, [batch])
         feats.timings["model"] = time.perf_counter() - start
         score = float(out.pred[0])
         vr = float(self.info["value_range"])
         sign, level = polarity(score, vr, self.model.task)
         gates = {}
         for name, g in out.gates.items():
-            if g.dim() == 2:
-                parts = gate_components(name, g.shape[1], self.model.modalities)
-                gates[name] = {p: round(float(v), 4) for p, v in zip(parts, g[0])}
+            parts = self.model.gate_components(name, g.shape[1])
+            gates[name] = {p: round(float(v), 4) for p, v in zip(parts, g[0])}
         return {
             "clip": str(clip), "run": str(self.run_dir), "model": self.info.get("model"),
             "score": round(score, 4), "range": [-vr, vr], "polarity": sign, "level": level,

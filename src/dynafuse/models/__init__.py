@@ -4,10 +4,23 @@ each module in this folder is imported, so there is no hand-kept list of models 
 import importlib
 import pkgutil
 
-from .base import MODELS, ModelOutput, MSAModel, create_model, list_models, register_model
+from .base import (
+    MODELS,
+    TEXT_FEATURES,
+    TOKEN_IDS,
+    ModelOutput,
+    MSAModel,
+    benchmark_models,
+    create_model,
+    list_models,
+    model_config,
+    model_entry,
+    register_model,
+)
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name not in ("base", "blocks"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["MODELS", "ModelOutput", "MSAModel", "create_model", "list_models", "register_model"]
+__all__ = ["MODELS", "TEXT_FEATURES", "TOKEN_IDS", "ModelOutput", "MSAModel", "benchmark_models", "create_model",
+           "list_models", "model_config", "model_entry", "register_model"]

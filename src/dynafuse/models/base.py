@@ -1,9 +1,13 @@
 """The model contract every family follows, and the one registry.
 
-- `create_model(name, input_dims, cfg)` builds any registered model (timm-style).
+- `create_model(name, input_dims, cfg)` builds any registered model (timm-style); `cfg` is the family's typed
+  config (a `ModelConfig` subclass, the only copy of its defaults) or a dict of overrides to it.
 - `forward(batch) -> ModelOutput` with `pred (B,)` plus the internals worth looking at.
 - `loss_terms()` names the extra loss terms the model needs; the trainer adds them without special cases.
 - `stages` lists training stages (a two-stage model such as KuDA declares two); the trainer runs them in order.
+- A model describes itself: `Config` (its typed config), `text_inputs` (token ids and/or frozen features),
+  `gate_names` (the component names of its non-modality gates); the registry entry says whether the cost
+  benchmark includes it by default. Tests and the benchmark read these, so adding a model is one new file.
 """
 
 from __future__ import annotations
@@ -12,35 +16,76 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..config import ModelConfig, check_ranges, merge_layer
+from ..data.core import MODALITIES
 from ..errors import ConfigError
 from .blocks import TextBackbone
 
-MODELS: dict[str, tuple[type, dict, str]] = {}
+TEXT_FEATURES, TOKEN_IDS = "features", "token_ids"
 
 
-def register_model(name: str, description: str, **defaults):
-    """Register a model class under `name`; `defaults` are config values this name implies."""
+@dataclass
+class ModelEntry:
+    """A registered name: its class, the config field values the name implies, and how it is listed."""
+
+    cls: type
+    defaults: dict
+    description: str
+    benchmark: bool = True  # measured by `dynafuse bench` unless other models are named
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str, benchmark: bool = True, **defaults):
+    """Class decorator: register `cls` under `name`; `defaults` are config values this name implies (stack the
+    decorator to register one class under several names, e.g. early/late fusion)."""
 
     def deco(cls):
-        MODELS[name] = (cls, defaults, description)
+        MODELS[name] = ModelEntry(cls, defaults, description, benchmark)
         return cls
 
     return deco
 
 
-def create_model(name: str, input_dims: dict[str, int], cfg: dict | None = None) -> "MSAModel":
+def model_entry(name: str) -> ModelEntry:
     if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    cls, defaults, _ = MODELS[name]
-    return cls(dict(input_dims), {**defaults, **(cfg or {})})
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def model_config(name: str, overrides: dict | None = None) -> ModelConfig:
+    """The typed config of a registered model: its family's defaults, the name's own values, then `overrides`
+    (checked: an unknown key, a wrong type or an out-of-range value is a ConfigError)."""
+    entry = model_entry(name)
+    base = OmegaConf.structured(entry.cls.Config(name=name, **entry.defaults))
+    cfg = OmegaConf.to_object(merge_layer(base, dict(overrides or {}), f"model {name}"))
+    check_ranges(cfg, "model.")
+    return cfg
+
+
+def create_model(name: str, input_dims: dict[str, int], cfg: ModelConfig | DictConfig | dict | None = None,
+                 value_range: float = 3.0, backbone: str | None = None) -> "MSAModel":
+    """Build a registered model. `input_dims` maps modality -> feature dim (0: text as token ids);
+    `value_range` is the label scale R of [-R, R]; `backbone` the text backbone a token-id model runs."""
+    entry = model_entry(name)
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_object(cfg)
+    if not isinstance(cfg, ModelConfig):
+        cfg = model_config(name, cfg)
+    return entry.cls(dict(input_dims), cfg, value_range=value_range, backbone=backbone)
 
 
 def list_models() -> dict[str, str]:
-    return {name: desc for name, (_, _, desc) in sorted(MODELS.items())}
+    return {name: e.description for name, e in sorted(MODELS.items())}
 
 
+def benchmark_models() -> list[str]:
+    """The models `dynafuse bench` measures by default, in registration order."""
+    return [name for name, e in MODELS.items() if e.benchmark]
 @dataclass
 class ModelOutput:
     pred: torch.Tensor  # (B,) score (regression) or class in {-1, 0, 1} (3-class task)
@@ -52,40 +97,42 @@ class ModelOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def gate_components(name: str, width: int, modalities: list[str]) -> list[str]:
-    """Column names of a (B, M) gate: DPDF-LQ's path gate mixes (global, local); a modality gate follows the
-    model's modality order; anything else is numbered."""
-    if name == "path" and width == 2:
-        return ["global", "local"]
-    if width == len(modalities):
-        return list(modalities)
-    return [name] if width == 1 else [str(i) for i in range(width)]
-
-
 # A loss term is called as term(out, batch, task=..., kind=...) and returns a scalar.
 LossTerm = Callable[..., torch.Tensor]
 
 
 class MSAModel(nn.Module):
-    """Base class: resolves the modalities it uses, the task head size and the text backbone."""
+    """Base class: resolves the modalities it uses, the task head size and the text backbone.
 
+    Subclasses set `Config` (their ModelConfig subclass) and, where it differs, `text_inputs`, `gate_names`
+    and `stages`. Errors: ConfigError when the data has none of the wanted modalities, or text in a form the
+    model does not take.
+    """
+
+    Config: type[ModelConfig] = ModelConfig
     stages: tuple[str, ...] = ("main",)
+    text_inputs: tuple[str, ...] = (TEXT_FEATURES, TOKEN_IDS)  # frozen token states, or ids for a backbone it runs
+    gate_names: dict[str, tuple[str, ...]] = {}  # a gate that does not weigh modalities: its column names
 
-    def __init__(self, input_dims: dict[str, int], cfg: dict):
+    def __init__(self, input_dims: dict[str, int], cfg: ModelConfig, value_range: float = 3.0,
+                 backbone: str | None = None):
         super().__init__()
         self.cfg = cfg
-        self.task = cfg.get("task", "regression")
-        if self.task not in ("regression", "3class"):
-            raise ConfigError(f"task must be 'regression' or '3class', not {self.task!r}")
+        self.task = cfg.task
         self.out_dim = 1 if self.task == "regression" else 3
-        self.label_scale = cfg.get("value_range", 3.0) / 3.0  # 1 on [-3, 3] data, 1/3 on [-1, 1] (SIMS)
-        wanted = cfg.get("modalities") or list(input_dims)
-        self.modalities = [m for m in ("text", "audio", "vision") if m in wanted and m in input_dims]
+        self.value_range = float(value_range)
+        self.label_scale = self.value_range / 3.0  # 1 on [-3, 3] data, 1/3 on [-1, 1] (SIMS)
+        wanted = cfg.modalities or list(input_dims)
+        self.modalities = [m for m in MODALITIES if m in wanted and m in input_dims]
         if not self.modalities:
-            raise ConfigError(f"model needs one of {list(wanted)} but the data has {list(input_dims)}")
+            raise ConfigError(f"model {cfg.name} needs one of {list(wanted)} but the data has {list(input_dims)}")
         self.input_dims = {m: input_dims[m] for m in self.modalities}
+        form = TOKEN_IDS if self.input_dims.get("text") == 0 else TEXT_FEATURES
+        if "text" in self.input_dims and form not in self.text_inputs:
+            raise ConfigError(f"model {cfg.name} takes text as {' or '.join(self.text_inputs)}, not {form}: set "
+                              f"data.text.finetune={'true' if TOKEN_IDS in self.text_inputs else 'false'}")
         # Train-split feature statistics live in the model, so a checkpoint standardises new clips the same way.
-        self.standardize = cfg.get("standardize", True)
+        self.standardize = cfg.standardize
         for m, d in self.input_dims.items():
             if d:
                 self.register_buffer(f"mean_{m}", torch.zeros(d))
@@ -94,7 +141,7 @@ class MSAModel(nn.Module):
         self.stage = self.stages[-1]
         self.text_backbone = None
         if self.input_dims.get("text") == 0:  # token ids: this model runs (and fine-tunes) the backbone
-            self.text_backbone = TextBackbone(cfg.get("backbone"), cfg.get("finetune_layers"))
+            self.text_backbone = TextBackbone(backbone, cfg.finetune_layers)
             self.input_dims["text"] = self.text_backbone.hidden_size
 
     def inputs(self, batch, run_backbone: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -119,6 +166,22 @@ class MSAModel(nn.Module):
 
     def to_pred(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.squeeze(-1) if self.task == "regression" else logits.argmax(-1) - 1
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """A continuous sentiment score per sample (B,): the regression output, or for the 3-class task the
+        expected level sum_c p_c * c over the classes c in {-1, 0, 1}."""
+        if self.task == "regression":
+            return logits.squeeze(-1)
+        return logits.softmax(-1) @ torch.tensor([-1.0, 0.0, 1.0], device=logits.device, dtype=logits.dtype)
+
+    def gate_components(self, name: str, width: int) -> list[str]:
+        """Column names of a (B, width) gate: its declared `gate_names`, else the model's modality order when it
+        has one column per modality, else numbered."""
+        if len(self.gate_names.get(name, ())) == width:
+            return list(self.gate_names[name])
+        if width == len(self.modalities):
+            return list(self.modalities)
+        return [name] if width == 1 else [str(i) for i in range(width)]
 
     def loss_terms(self) -> dict[str, tuple[float, LossTerm]]:
         return {}

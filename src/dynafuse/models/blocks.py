@@ -20,6 +20,24 @@ def masked_softmax(logits: torch.Tensor, available: torch.Tensor) -> torch.Tenso
     return logits.masked_fill(~available, float("-inf")).masked_fill(none, 0.0).softmax(-1)
 
 
+def keep_one_key(mask: torch.Tensor) -> torch.Tensor:
+    """A copy of a key mask (B, T) in which a row with no valid key gets one dummy key (position 0).
+
+    Attention over a row whose keys are all masked is a softmax of -inf only, which is NaN; with the dummy key it
+    stays finite. The caller zeroes (or ignores) the output of those rows, so the dummy never leaks."""
+    safe = mask.clone()
+    safe[~mask.any(-1), 0] = True
+    return safe
+
+
+def presence_weights(present: torch.Tensor) -> torch.Tensor:
+    """(B, M) bool -> (B, M) float weights, uniform over the present modalities (a mean over what a sample has);
+    a sample with none gets uniform weights over all M."""
+    w = present.float()
+    w[w.sum(1) == 0] = 1.0
+    return w / w.sum(1, keepdim=True)
+
+
 class SinusoidalPositions(nn.Module):
     """Fixed sine/cosine positional encoding (Vaswani et al.), added to the projected inputs."""
 
@@ -55,9 +73,7 @@ class ModalityEncoder(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, return_states: bool = False):
         """-> (sequence, pooled), plus with `return_states` the hidden states: the embedded input, then each layer's
         output (KuDA's adapters read them)."""
-        present = mask.any(1)
-        safe = mask.clone()
-        safe[~present, 0] = True  # give empty rows one dummy step; their output is zeroed below
+        safe = keep_one_key(mask)  # an empty row gets one dummy step; its output is zeroed below
         h = self.pos(self.proj(x))
         states = [h]
         for layer in self.transformer.layers:
@@ -113,9 +129,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         has_keys = kv_mask.any(1)
-        safe = kv_mask.clone()
-        safe[~has_keys, 0] = True
-        h, w = self.attn(q, kv, kv, key_padding_mask=~safe, need_weights=True)
+        h, w = self.attn(q, kv, kv, key_padding_mask=~keep_one_key(kv_mask), need_weights=True)
         h = h * has_keys[:, None, None]  # nothing to attend to: no update
         return self.norm(q + h), w * has_keys[:, None, None]
 

@@ -16,9 +16,13 @@ The paper's unimodal baselines are `model.modalities=[text]` (one modality: alph
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from torch import nn
 
+from ..config import ModelConfig, in_range, positive
 from .base import ModelOutput, MSAModel, register_model
 from .blocks import Head, masked_mean, masked_softmax
 
@@ -65,16 +69,29 @@ class StaticModalityWeights(nn.Module):
         return masked_softmax(self.theta.expand(h.shape[0], -1), present)
 
 
+@dataclass
+class DAFConfig(ModelConfig):
+    """The paper gives no layer sizes we could copy: one common space of 128 and dropout 0.2 are ours."""
+
+    d_model: int = positive(128)  # the common space every modality is projected into
+    dropout: float = in_range(0.2, 0.0, 1.0, high_open=True)  # in the projections and the head
+    dynamic: bool = True  # true: input-conditioned modality weights (DAF); false: the paper's static fusion
+    attn_hidden: Optional[int] = positive(None, "hidden size of the attention scorer w^T tanh(W h); null = d_model")
+
+
 @register_model("daf", "2509.22729 DAF: frozen utterance embeddings, input-conditioned modality weights")
 class DAF(MSAModel):
-    def __init__(self, input_dims: dict[str, int], cfg: dict):
-        super().__init__(input_dims, cfg)
-        d = cfg.get("d_model", 128)
-        drop = cfg.get("dropout", 0.2)
-        self.dynamic = bool(cfg.get("dynamic", True))
+    """DAF over the modalities of a Batch: ModelOutput with `gates["modality"]` alpha (B, M) and the fused z."""
+
+    Config = DAFConfig
+
+    def __init__(self, input_dims: dict[str, int], cfg: DAFConfig, **context):
+        super().__init__(input_dims, cfg, **context)
+        d, drop = cfg.d_model, cfg.dropout
+        self.dynamic = cfg.dynamic
         self.project = nn.ModuleDict({m: UtteranceProjection(dim, d, drop) for m, dim in self.input_dims.items()})
         if self.dynamic:
-            self.attention = DynamicModalityAttention(d, cfg.get("attn_hidden") or d)
+            self.attention = DynamicModalityAttention(d, cfg.attn_hidden or d)
         else:
             self.attention = StaticModalityWeights(len(self.modalities))
         self.head = Head(d, self.out_dim, dropout=drop)

@@ -18,14 +18,16 @@ gate still weighs both paths.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ModelConfig, at_least, positive
 from ..errors import ConfigError
 from .base import ModelOutput, MSAModel, register_model
 from .blocks import CrossAttention, ModalityEncoder, SinusoidalPositions, SoftmaxGate
-
 
 # --------------------------------------------------------------------------- global path
 
@@ -251,39 +253,66 @@ class PathGate(nn.Module):
 # --------------------------------------------------------------------------- model
 
 
+@dataclass
+class DPDFLQConfig(ModelConfig):
+    """Table 3, MOSI column, unless noted."""
+
+    d_model: int = positive(128)  # learnable query dimension (Table 3); every path works at this width
+    heads: int = positive(8)  # "8-head attention in all transformer components" (Sec. 3.5)
+    layers: int = at_least(1, 0)  # projection transformer depth, Eq. 2 / 28 (not in the paper; ALMT's proj_depth)
+    hidden: int = positive(256)  # hidden dimension (Table 3): feed-forward width and path-gate FC (Eq. 32)
+    query_len: int = positive(8)  # learnable query length l_t (Table 3; also the number of global tokens, Eq. 3)
+    dglqa_depth: int = positive(3)  # DGLQA depth n (Table 3); the text encoder has n-1 layers (Eq. 4)
+    gpath_ca_depth: int = positive(2)  # GPath CA depth (Table 3; 4 on MOSEI)
+    lpath_ca_depth: int = positive(2)  # LPath CA depth (Table 3)
+    reduction: int = positive(4)  # channel-attention reduction ratio r (Eq. 17)
+    conv_kernel: int = positive(3)  # depthwise conv kernel (Eq. 20) and spatial-attention kernel (Eq. 26)
+    # ablation switches (Table 2)
+    global_path: bool = True  # false: "w/o GPath"
+    local_path: bool = True  # false: "w/o LPath"
+    path_gate: bool = True  # false: "w/o Gate", the two paths are averaged
+    dglqa: bool = True  # false: "DGLQA -> Std.A", one standard attention of the query over all tokens
+
+
 @register_model("dpdf_lq", "DPDF-LQ: global (DGLQA learnable query) and local (cross-modal) paths, gated")
 class DPDFLQ(MSAModel):
-    def __init__(self, input_dims: dict[str, int], cfg: dict):
-        super().__init__(input_dims, cfg)
-        d, heads, drop = cfg.get("d_model", 128), cfg.get("heads", 8), cfg.get("dropout", 0.1)
-        hidden, layers = cfg.get("hidden", 2 * d), cfg.get("layers", 1)
-        self.use_global, self.use_local = cfg.get("global_path", True), cfg.get("local_path", True)
-        self.use_path_gate, self.use_dglqa = cfg.get("path_gate", True), cfg.get("dglqa", True)
+    """DPDF-LQ over a Batch: ModelOutput with `gates["modality"]` (B, M, the DGLQA gate averaged over layers) and
+    `gates["path"]` (B, 2: global, local)."""
+
+    Config = DPDFLQConfig
+    gate_names = {"path": ("global", "local")}
+
+    def __init__(self, input_dims: dict[str, int], cfg: DPDFLQConfig, **context):
+        super().__init__(input_dims, cfg, **context)
+        d, heads, drop = cfg.d_model, cfg.heads, cfg.dropout
+        hidden, layers = cfg.hidden, cfg.layers
+        self.use_global, self.use_local = cfg.global_path, cfg.local_path
+        self.use_path_gate, self.use_dglqa = cfg.path_gate, cfg.dglqa
         if not (self.use_global or self.use_local):
             raise ConfigError("dpdf_lq needs global_path or local_path (or both)")
         self.anchor = "text" if "text" in self.modalities else self.modalities[0]
         self.others = [m for m in self.modalities if m != self.anchor]
 
         if self.use_global:
-            n_tokens, depth = cfg.get("query_len", 8), cfg.get("dglqa_depth", 3)
+            n_tokens, depth = cfg.query_len, cfg.dglqa_depth
             self.global_tokens = nn.ModuleDict({m: GlobalTokenTransformer(dim, d, n_tokens, layers, heads, hidden, drop)
                                                 for m, dim in self.input_dims.items()})
             self.text_encoder = TextEncoder(d, depth - 1, heads, hidden, drop)
             self.query = nn.Parameter(torch.randn(1, n_tokens, d) * 0.02)  # LQ_0
             block = DGLQALayer if self.use_dglqa else StandardQueryAttention
-            self.dglqa = nn.ModuleList(block(d, self.modalities, heads, drop, cfg.get("reduction", 4))
+            self.dglqa = nn.ModuleList(block(d, self.modalities, heads, drop, cfg.reduction)
                                        for _ in range(depth))
-            self.dwconv = DepthwiseConvBlock(d, cfg.get("conv_kernel", 3))
-            ca_depth = cfg.get("gpath_ca_depth", 2)
+            self.dwconv = DepthwiseConvBlock(d, cfg.conv_kernel)
+            ca_depth = cfg.gpath_ca_depth
             self.text_ca = CrossModalTransformer(d, ca_depth, heads, hidden, drop)  # Eq. 21
             self.adaptive_gate = AdaptiveGate(d)
             self.global_ca = CrossModalTransformer(d, ca_depth, heads, hidden, drop)  # Eq. 25
         if self.use_local:
             if "vision" in self.input_dims:
-                self.spatial = SpatialAttention(self.input_dims["vision"], cfg.get("conv_kernel", 3))
+                self.spatial = SpatialAttention(self.input_dims["vision"], cfg.conv_kernel)
             self.local_encoders = nn.ModuleDict({m: ModalityEncoder(dim, d, layers, heads, drop)
                                                  for m, dim in self.input_dims.items()})
-            self.local_ca = CrossModalTransformer(d, cfg.get("lpath_ca_depth", 2), heads, hidden, drop)
+            self.local_ca = CrossModalTransformer(d, cfg.lpath_ca_depth, heads, hidden, drop)
         if self.use_global and self.use_local and self.use_path_gate:
             self.path_gate = PathGate(d, hidden)
         self.head = nn.Linear(d, self.out_dim)  # Eq. 35

@@ -34,13 +34,45 @@ Where this departs from the reference code (MKMaS-GUET/KuDA), and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from .. import losses
-from ..errors import ConfigError
+from ..config import ModelConfig, at_least, one_of, positive
 from .base import ModelOutput, MSAModel, register_model
-from .blocks import Adapter, CrossAttention, Head, ModalityEncoder, masked_mean, masked_softmax
+from .blocks import (
+    Adapter,
+    CrossAttention,
+    Head,
+    ModalityEncoder,
+    masked_mean,
+    masked_softmax,
+    presence_weights,
+)
+
+
+@dataclass
+class KuDAConfig(ModelConfig):
+    """"reference" = the public code MKMaS-GUET/KuDA (opts.py, train.py, models/*.py); other values are ours
+    (CPU budget)."""
+
+    layers: int = at_least(2, 1)  # encoder layers per modality; one adapter per layer (reference: 4 layers, 3 adapters)
+    adapter_bottleneck: int = positive(32)  # d_model / 2, as the reference adapter's down-projection (hidden // 2)
+    text_adapters: int = positive(3)  # token-id text only: adapters on MiniLM layers 0/2/4/6 (ref: BERT 3/6/9/11)
+    fusion_layers: int = positive(3)  # dynamic attention fusion blocks (reference opts.fusion_layers = 3)
+    fusion_queries: int = positive(8)  # learned query tokens (ours; the reference aligns lengths with a Linear)
+    k: float = at_least(0.1, 0.0, "exp(-k x), x = squared score gap (reference: calculate_ratio_senti(k=0.1))")
+    alpha: float = at_least(0.1, 0.0, "correlation-estimation weight (reference train.py: mse + 0.1 * nce)")
+    ce_temperature: float = positive(1.0, "InfoNCE on cosine similarity without a temperature, as the CPC")
+    ratio_reference: str = one_of("estimate", "estimate", "label", "consensus",
+                                  doc="the score the ratios measure against (see the module docstring)")
+    freeze: str = one_of("knowledge", "knowledge", "all", "none", doc="what stage 2 freezes (reference: knowledge)")
+    fusion_unimodal_weight: float = at_least(0.0, 0.0, "unimodal losses kept in stage 2 (the paper: none)")
+    knowledge: bool = True  # ablation w/o knowledge injection: no adapters/decoders, no stage 1, uniform ratios
+    dynamic: bool = True  # ablation static attention: ratios fixed uniform
+    ce_loss: bool = True  # ablation w/o CE loss: alpha = 0
 
 
 class KnowledgeInjection(nn.Module):
@@ -69,12 +101,12 @@ class UnimodalKnowledgeEncoder(nn.Module):
     `knowledge=False` (the ablation) keeps only the encoder.
     """
 
-    def __init__(self, d_in: int, cfg: dict, out_dim: int, external: bool = False, knowledge: bool = True):
+    def __init__(self, d_in: int, cfg: KuDAConfig, out_dim: int, external: bool = False, knowledge: bool = True):
         super().__init__()
-        d, drop = d_in if external else cfg.get("d_model", 64), cfg.get("dropout", 0.1)
-        self.encoder = None if external else ModalityEncoder(d_in, d, cfg.get("layers", 1), cfg.get("heads", 4), drop)
-        n = cfg.get("text_adapters", 3) if external else cfg.get("layers", 1)  # one adapter per tapped layer
-        self.inject = KnowledgeInjection(d, n, cfg.get("adapter_bottleneck", 32), drop) if knowledge else None
+        d, drop = d_in if external else cfg.d_model, cfg.dropout
+        self.encoder = None if external else ModalityEncoder(d_in, d, cfg.layers, cfg.heads, drop)
+        n = cfg.text_adapters if external else cfg.layers  # one adapter per tapped layer
+        self.inject = KnowledgeInjection(d, n, cfg.adapter_bottleneck, drop) if knowledge else None
         self.decoder = Head(2 * d, out_dim, hidden=d // 2, dropout=drop) if knowledge else None
         self.out_dim = 2 * d if knowledge else d
 
@@ -158,14 +190,14 @@ class DynamicAttentionFusion(nn.Module):
     is the mean over the query tokens.
     """
 
-    def __init__(self, dims: dict[str, int], cfg: dict):
+    def __init__(self, dims: dict[str, int], cfg: KuDAConfig):
         super().__init__()
-        d, drop, heads = cfg.get("d_model", 64), cfg.get("dropout", 0.1), cfg.get("heads", 4)
+        d, drop, heads = cfg.d_model, cfg.dropout, cfg.heads
         self.modalities = list(dims)
         self.align = nn.ModuleDict({m: nn.Sequential(nn.Linear(k, d), nn.Dropout(drop)) for m, k in dims.items()})
-        self.queries = nn.Parameter(torch.randn(cfg.get("fusion_queries", 8), d) * 0.02)
+        self.queries = nn.Parameter(torch.randn(cfg.fusion_queries, d) * 0.02)
         self.blocks = nn.ModuleList(DynamicAttentionBlock(self.modalities, d, heads, drop)
-                                    for _ in range(cfg.get("fusion_layers", 3)))
+                                    for _ in range(cfg.fusion_layers))
 
     def forward(self, u: dict, masks: dict, present: torch.Tensor, weights: torch.Tensor):
         seqs = {m: self.align[m](u[m]) * masks[m].unsqueeze(-1) for m in self.modalities}
@@ -187,27 +219,29 @@ def set_trainable(modules, flag: bool) -> None:
                 p.requires_grad = flag
 
 
+@register_model("kuda", "KuDA (2410.04491): adapters + unimodal decoders (stage 1), sentiment-ratio dynamic "
+                "attention fusion + correlation-estimation loss (stage 2)")
 class KuDA(MSAModel):
+    """KuDA over a Batch: ModelOutput with unimodal logits, `gates["modality"]` (B, M: the sentiment ratios R),
+    the fused representation and the cross-modal attention maps. Two stages: "unimodal", then "fusion"."""
+
+    Config = KuDAConfig
     stages = ("unimodal", "fusion")
 
-    def __init__(self, input_dims: dict[str, int], cfg: dict):
-        super().__init__(input_dims, cfg)
-        self.knowledge = cfg.get("knowledge", True)  # false: no adapters/decoders, no stage 1, uniform ratios
-        self.dynamic = cfg.get("dynamic", True) and self.knowledge  # false: static attention, ratios uniform
+    def __init__(self, input_dims: dict[str, int], cfg: KuDAConfig, **context):
+        super().__init__(input_dims, cfg, **context)
+        self.knowledge = cfg.knowledge  # false: no adapters/decoders, no stage 1, uniform ratios
+        self.dynamic = cfg.dynamic and self.knowledge  # false: static attention, ratios uniform
         if not self.knowledge:
             self.stages = ("fusion",)
-        self.k = cfg.get("k", 0.1)
-        self.alpha = cfg.get("alpha", 0.1) if cfg.get("ce_loss", True) else 0.0
-        self.ce_temperature = cfg.get("ce_temperature", 1.0)
-        self.ratio_reference = cfg.get("ratio_reference", "estimate")
-        self.freeze = cfg.get("freeze", "knowledge")
-        if self.ratio_reference not in ("estimate", "label", "consensus"):
-            raise ConfigError(f"ratio_reference must be estimate, label or consensus, not {self.ratio_reference!r}")
-        if self.freeze not in ("knowledge", "all", "none"):
-            raise ConfigError(f"freeze must be knowledge, all or none, not {self.freeze!r}")
+        self.k = cfg.k
+        self.alpha = cfg.alpha if cfg.ce_loss else 0.0
+        self.ce_temperature = cfg.ce_temperature
+        self.ratio_reference = cfg.ratio_reference
+        self.freeze = cfg.freeze
         if self.text_backbone is not None:  # KuDA freezes the language model and trains adapters over its layers
             set_trainable([self.text_backbone], False)
-            n_layers, n = self.text_backbone.encoder.config.num_hidden_layers, cfg.get("text_adapters", 3)
+            n_layers, n = self.text_backbone.encoder.config.num_hidden_layers, cfg.text_adapters
             self.text_taps = [round(i * n_layers / n) for i in range(n + 1)]  # e.g. 0, 2, 4, 6 for MiniLM-L6
         self.encoders = nn.ModuleDict({
             m: UnimodalKnowledgeEncoder(d, cfg, self.out_dim, external=(m == "text" and self.text_backbone is not None),
@@ -215,11 +249,10 @@ class KuDA(MSAModel):
             for m, d in self.input_dims.items()})
         dims = {m: e.out_dim for m, e in self.encoders.items()}
         # The multimodal score the ratios measure against, learnt in stage 1 from the (detached) knowledge states.
-        self.estimate = (Head(sum(dims.values()), self.out_dim, hidden=cfg.get("d_model", 64),
-                              dropout=cfg.get("dropout", 0.1))
+        self.estimate = (Head(sum(dims.values()), self.out_dim, hidden=cfg.d_model, dropout=cfg.dropout)
                          if self.dynamic and self.ratio_reference != "consensus" else None)
         self.fusion = DynamicAttentionFusion(dims, cfg)
-        self.head = Head(cfg.get("d_model", 64), self.out_dim, dropout=cfg.get("dropout", 0.1))
+        self.head = Head(cfg.d_model, self.out_dim, dropout=cfg.dropout)
 
     # ------------------------------------------------------------------ inputs
     def inputs(self, batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -242,12 +275,6 @@ class KuDA(MSAModel):
         return self
 
     # ------------------------------------------------------------------ forward
-    def score(self, logits: torch.Tensor) -> torch.Tensor:
-        """A sentiment score per sample: the regression output, or the expected class in {-1, 0, 1}."""
-        if self.task == "regression":
-            return logits.squeeze(-1)
-        return logits.softmax(-1) @ torch.tensor([-1.0, 0.0, 1.0], device=logits.device)
-
     def sentiment_ratios(self, uni: dict, pooled: dict, present: torch.Tensor, batch, extras: dict) -> torch.Tensor:
         if not self.dynamic:  # static attention: every present modality counts the same
             return masked_softmax(torch.zeros(present.shape, device=present.device), present)
@@ -268,9 +295,7 @@ class KuDA(MSAModel):
 
     def unimodal_average(self, uni: dict, present: torch.Tensor) -> torch.Tensor:
         """Stage-1 output: the mean unimodal prediction over present modalities (3 classes: the mean probability)."""
-        w = present.float()
-        w[w.sum(1) == 0] = 1.0
-        w = (w / w.sum(1, keepdim=True)).unsqueeze(-1)
+        w = presence_weights(present).unsqueeze(-1)
         stack = torch.stack([uni[m] for m in self.modalities], 1)  # (B, M, out)
         if self.task == "regression":
             return (stack * w).sum(1)
@@ -318,7 +343,7 @@ class KuDA(MSAModel):
         if self.knowledge:
             # Stage 1 trains the decoders (and the ratio's reference head). In stage 2 they are frozen by default:
             # the weight is `fusion_unimodal_weight`, 0 in the paper's loss.
-            w = 1.0 if self.stage == "unimodal" else self.cfg.get("fusion_unimodal_weight", 0.0)
+            w = 1.0 if self.stage == "unimodal" else self.cfg.fusion_unimodal_weight
             terms["unimodal"] = (w, losses.unimodal_task_loss)
             if self.estimate is not None:
                 terms["estimate"] = (w, self.estimate_loss)
@@ -344,6 +369,3 @@ class KuDA(MSAModel):
         if self.text_backbone is not None:
             set_trainable([self.text_backbone], False)
 
-
-register_model("kuda", "KuDA (2410.04491): adapters + unimodal decoders (stage 1), sentiment-ratio dynamic "
-               "attention fusion + correlation-estimation loss (stage 2)")(KuDA)

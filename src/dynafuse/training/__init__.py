@@ -1,4 +1,17 @@
-from .module import LitMSA
-from .run import evaluate_run, load_run, train
+"""The one trainer, the run folder (`RunDir`) and the one prediction path."""
 
-__all__ = ["LitMSA", "evaluate_run", "load_run", "train"]
+from .module import LitMSA
+from .predict import Predictions, predict_batches
+from .run import (
+           build_config,
+           evaluate_run,
+           load_model,
+           load_run,
+           prepare_data,
+           run_config,
+           train,
+)
+from .rundir import RunDir, find_runs
+
+__all__ = ["LitMSA", "Predictions", "RunDir", "build_config", "evaluate_run", "find_runs", "load_model",
+           "load_run", "predict_batches", "prepare_data", "run_config", "train"]

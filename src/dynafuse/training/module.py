@@ -7,37 +7,31 @@ import numpy as np
 import torch
 
 from .. import losses
-from ..errors import ConfigError
-from ..experiments.robustness import modality_dropout
-from ..metrics import compute_class_metrics, compute_metrics
-from ..models import create_model
-
-LOWER_IS_BETTER = {"mae", "jump2", "mean_abs_jump", "loss"}
-
-
-def score_metrics(pred: np.ndarray, y: np.ndarray, task: str, value_range: float) -> dict:
-    """The metric suite for a regression run, or 3-class accuracy/F1 for the classification task."""
-    if task == "3class":
-        return compute_class_metrics(pred, losses.score_to_class(torch.as_tensor(y)).numpy() - 1)
-    return compute_metrics(pred, y, value_range=value_range)
+from ..config import TrainConfig
+from ..data.corrupt import modality_dropout
+from ..metrics import lower_is_better, score_metrics
+from ..models import MSAModel
 
 
 class LitMSA(L.LightningModule):
-    def __init__(self, model_name: str, input_dims: dict, model_cfg: dict, train_cfg: dict, value_range: float):
+    """Any registered model inside Lightning: the task loss plus the model's declared `loss_terms()`, valid
+    metrics of the whole suite, the optimiser of `train` (AdamW, a lower backbone learning rate, warm-up).
+
+    No hyper-parameters are saved into checkpoints: the run folder's config.yaml is the config, and a checkpoint
+    then holds tensors and plain values only, so it loads with `weights_only=True` (no code runs)."""
+
+    def __init__(self, model: MSAModel, train_cfg: TrainConfig, value_range: float):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = create_model(model_name, input_dims, model_cfg)
+        self.model = model
         self.train_cfg, self.value_range = train_cfg, value_range
-        self.modality_dropout = float(train_cfg.get("modality_dropout") or 0.0)
-        if not 0.0 <= self.modality_dropout <= 1.0:
-            raise ConfigError(f"train.modality_dropout must be a probability in [0, 1], not {self.modality_dropout}")
+        self.modality_dropout = float(train_cfg.modality_dropout)
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, batch):
         return self.model(batch)
 
     def compute_loss(self, out, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        kind, task = self.train_cfg.get("loss", "l1"), self.model.task
+        kind, task = self.train_cfg.loss, self.model.task
         parts = {"task": losses.task_loss(out.logits, batch.y, task, kind)}
         total = self.model.task_weight(self.model.stage) * parts["task"]
         for name, (weight, term) in self.model.loss_terms().items():
@@ -78,23 +72,23 @@ class LitMSA(L.LightningModule):
         self.log("valid_score", float(m[self.monitor_key()]), prog_bar=True)
 
     def monitor_key(self) -> str:
-        key = self.train_cfg.get("monitor", "auto")
+        key = self.train_cfg.monitor
         if key == "auto" or (self.model.task == "3class" and key not in ("acc3", "f1_3")):
             key = "mae" if self.model.task == "regression" else "acc3"
         return key
 
     def monitor_mode(self) -> str:
-        return "min" if self.monitor_key() in LOWER_IS_BETTER else "max"
+        return "min" if lower_is_better(self.monitor_key()) else "max"
 
     def configure_optimizers(self):
         cfg = self.train_cfg
         backbone = [p for n, p in self.model.named_parameters() if n.startswith("text_backbone.") and p.requires_grad]
         rest = [p for n, p in self.model.named_parameters() if not n.startswith("text_backbone.") and p.requires_grad]
-        groups = [{"params": rest, "lr": cfg.get("lr", 1e-3)}]
+        groups = [{"params": rest, "lr": cfg.lr}]
         if backbone:
-            groups.append({"params": backbone, "lr": cfg.get("backbone_lr", 3e-5)})
-        opt = torch.optim.AdamW(groups, weight_decay=cfg.get("weight_decay", 1e-4))
-        warmup = cfg.get("warmup_ratio", 0.0)
+            groups.append({"params": backbone, "lr": cfg.backbone_lr})
+        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        warmup = cfg.warmup_ratio
         if not warmup:
             return opt
         # linear warm-up then linear decay, per step (CrossSent / BERT-style fine-tuning)

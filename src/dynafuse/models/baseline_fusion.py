@@ -1,4 +1,4 @@
-"""Early, late and multi-head-attention fusion over per-modality transformers (arXiv 2501.08085).
+"""The baselines of arXiv 2501.08085: early, late and multi-head-attention fusion over per-modality transformers.
 
 Each modality has its own `ModalityEncoder` (the paper's ModalityTransformer). The fusion strategies:
 - A0 late fusion: one head per modality; regression averages their scores, the 3-class task takes a
@@ -10,22 +10,33 @@ A unimodal model is early fusion over a single modality.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from .. import losses
+from ..config import ModelConfig, at_least, one_of, positive
 from .base import ModelOutput, MSAModel, register_model
-from .blocks import Head, ModalityEncoder
+from .blocks import Head, ModalityEncoder, keep_one_key, presence_weights
+
+
+@dataclass
+class FusionConfig(ModelConfig):
+    """2501.08085 gives no layer sizes; d_model 64, 1 layer, 4 heads (the ModelConfig defaults) are ours."""
+
+    fusion: str = one_of("early", "early", "late", "attention", doc="A1 early | A0 late | A2 attention")
+    fusion_heads: int = positive(4)  # heads of the A2 attention over the modality states
+    unimodal_weight: float = at_least(1.0, 0.0, "late fusion: weight of each modality head's own loss")
 
 
 class ModalityEncoders(nn.Module):
     """One ModalityEncoder per modality, and the presence of each modality per sample."""
 
-    def __init__(self, dims: dict[str, int], cfg: dict):
+    def __init__(self, dims: dict[str, int], cfg: ModelConfig):
         super().__init__()
-        d = cfg.get("d_model", 64)
-        self.enc = nn.ModuleDict({m: ModalityEncoder(dim, d, cfg.get("layers", 1), cfg.get("heads", 4),
-                                                     cfg.get("dropout", 0.1)) for m, dim in dims.items()})
+        self.enc = nn.ModuleDict({m: ModalityEncoder(dim, cfg.d_model, cfg.layers, cfg.heads, cfg.dropout)
+                                  for m, dim in dims.items()})
 
     def forward(self, inputs: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         seq, state, present = {}, {}, {}
@@ -35,23 +46,35 @@ class ModalityEncoders(nn.Module):
         return seq, state, present
 
 
-class Fusion2501(MSAModel):
-    def __init__(self, input_dims: dict[str, int], cfg: dict):
-        super().__init__(input_dims, cfg)
-        self.fusion = cfg.get("fusion", "early")
-        d = cfg.get("d_model", 64)
+@register_model("unimodal_vision", "2501.08085 unimodal baseline: the vision transformer alone", benchmark=False,
+                modalities=["vision"])
+@register_model("unimodal_audio", "2501.08085 unimodal baseline: the audio transformer alone", benchmark=False,
+                modalities=["audio"])
+@register_model("unimodal_text", "2501.08085 unimodal baseline: the text transformer alone", modalities=["text"])
+@register_model("attention_fusion", "2501.08085 A2: multi-head attention over the modality states",
+                fusion="attention")
+@register_model("late_fusion", "2501.08085 A0: per-modality heads; mean score / majority vote", fusion="late")
+@register_model("early_fusion", "2501.08085 A1: per-modality transformers, concatenated final states")
+class BaselineFusion(MSAModel):
+    """Per-modality transformers + one of the paper's three fusion strategies (a unimodal model is early fusion
+    over one modality). Input: a Batch; output: ModelOutput with `gates["modality"]` (B, M) for late and
+    attention fusion."""
+
+    Config = FusionConfig
+
+    def __init__(self, input_dims: dict[str, int], cfg: FusionConfig, **context):
+        super().__init__(input_dims, cfg, **context)
+        self.fusion = cfg.fusion
+        d, drop = cfg.d_model, cfg.dropout
         self.encoders = ModalityEncoders(self.input_dims, cfg)
-        drop = cfg.get("dropout", 0.1)
         if self.fusion == "late":
             self.heads = nn.ModuleDict({m: Head(d, self.out_dim, dropout=drop) for m in self.modalities})
         elif self.fusion == "early":
             self.head = Head(d * len(self.modalities), self.out_dim, dropout=drop)
         elif self.fusion == "attention":
-            self.attn = nn.MultiheadAttention(d, cfg.get("fusion_heads", 4), dropout=drop, batch_first=True)
+            self.attn = nn.MultiheadAttention(d, cfg.fusion_heads, dropout=drop, batch_first=True)
             self.norm = nn.LayerNorm(d)
             self.head = Head(d, self.out_dim, dropout=drop)
-        else:
-            raise ValueError(f"fusion must be late, early or attention, not {self.fusion!r}")
 
     def forward(self, batch) -> ModelOutput:
         _, state, present = self.encoders(self.inputs(batch))
@@ -62,8 +85,7 @@ class Fusion2501(MSAModel):
             logits = self.head(fused)
             return ModelOutput(pred=self.to_pred(logits), logits=logits, fused=fused)
         tokens = torch.stack([state[m] for m in self.modalities], dim=1)  # (B, M, d)
-        avail = torch.stack([present[m] for m in self.modalities], dim=1)
-        avail[~avail.any(1), 0] = True  # a sample with nothing at all attends to a zero token
+        avail = keep_one_key(torch.stack([present[m] for m in self.modalities], dim=1))  # nothing: a zero token
         h, attn = self.attn(tokens, tokens, tokens, key_padding_mask=~avail, need_weights=True)
         h = self.norm(h + tokens)
         fused = (h * avail.unsqueeze(-1)).sum(1) / avail.sum(1, keepdim=True)
@@ -74,9 +96,7 @@ class Fusion2501(MSAModel):
 
     def _late(self, state, present) -> ModelOutput:
         uni = {m: self.heads[m](state[m]) for m in self.modalities}
-        w = torch.stack([present[m] for m in self.modalities], 1).float()
-        w[w.sum(1) == 0] = 1.0  # nothing present: fall back to every head
-        w = w / w.sum(1, keepdim=True)
+        w = presence_weights(torch.stack([present[m] for m in self.modalities], 1))  # nothing: every head
         stack = torch.stack([uni[m] for m in self.modalities], 1)  # (B, M, out)
         if self.task == "regression":
             logits = (stack * w.unsqueeze(-1)).sum(1)
@@ -93,14 +113,4 @@ class Fusion2501(MSAModel):
         if self.fusion != "late":
             return {}
         # Late fusion trains every modality's head on its own, as independent classifiers would be.
-        return {"unimodal": (self.cfg.get("unimodal_weight", 1.0), losses.unimodal_task_loss)}
-
-
-register_model("early_fusion", "2501.08085 A1: per-modality transformers, concatenated final states",
-               fusion="early")(Fusion2501)
-register_model("late_fusion", "2501.08085 A0: per-modality heads; mean score / majority vote", fusion="late")(Fusion2501)
-register_model("attention_fusion", "2501.08085 A2: multi-head attention over the modality states",
-               fusion="attention")(Fusion2501)
-for _m in ("text", "audio", "vision"):
-    register_model(f"unimodal_{_m}", f"2501.08085 unimodal baseline: the {_m} transformer alone",
-                   fusion="early", modalities=[_m])(Fusion2501)
+        return {"unimodal": (self.cfg.unimodal_weight, losses.unimodal_task_loss)}

@@ -47,3 +47,19 @@ def atomic_save_npy(path: str | Path, array) -> Path:
             np.save(f, array)
 
     return atomic_write(path, write)
+
+
+def atomic_write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
+    """Rows (dicts) as a CSV file with a header, written atomically; `fieldnames` default to the keys of all rows
+    in first-seen order."""
+    import csv
+
+    fields = fieldnames or list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(p: Path) -> None:
+        with open(p, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+
+    return atomic_write(path, write)

@@ -1,0 +1,176 @@
+"""`RunDir`: the one reader and writer of a run folder.
+
+A run folder holds
+- `config.yaml`: the resolved, typed config (complete: it rebuilds the same run);
+- `checkpoints/[<stage>/]{best,last}.ckpt` and `done.json` per finished stage (paths relative to the folder, so a
+  run moves between clones and machines);
+- `logs/<stage>/metrics.csv` (Lightning's CSV logger);
+- `metrics.json` (`{"valid": {...}, "test": {...}}`), `ordinal.json`, `predictions.csv`;
+- `run.json`: timing, sizes, selection, feature spec. It is written last, in one atomic rename, and its presence
+  is THE fact that the run finished: training, evaluation, the runner and the reports all ask `finished`;
+- evaluations written later: `robustness.json`, `transfer-<target>.json`, `explain/`.
+
+Every read of a malformed file is a one-line `DataError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError, DataError, DynafuseError
+from ..files import atomic_write_json, atomic_write_text, safe_name
+
+CONFIG, INFO, METRICS, ORDINAL, PREDICTIONS = "config.yaml", "run.json", "metrics.json", "ordinal.json", "predictions.csv"
+ROBUSTNESS = "robustness.json"
+
+
+class RunDir:
+    """A run folder (see the module docstring). `path` need not exist yet."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # ---------------------------------------------------------------- state
+    @property
+    def finished(self) -> bool:
+        """run.json exists: it is written last, atomically, after metrics and predictions."""
+        return (self.path / INFO).is_file()
+
+    @property
+    def started(self) -> bool:
+        """A run was started here (its checkpoints folder exists) whether or not it finished."""
+        return (self.path / "checkpoints").is_dir()
+
+    def stage_dir(self, stage: str, n_stages: int) -> Path:
+        return self.path / "checkpoints" / (stage if n_stages > 1 else "")
+
+    def transfer_file(self, target: str) -> Path:
+        return self.path / f"transfer-{safe_name(target)}.json"
+
+    # ---------------------------------------------------------------- reading
+    def read_json(self, name: str, default=None):
+        """A JSON file of the run (`default` when absent); a malformed one is a DataError naming it."""
+        p = self.path / name
+        if not p.exists():
+            return default
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"not valid JSON ({e}); the file is damaged: delete it and rerun what writes it",
+                            p) from None
+
+    def raw_config(self) -> dict:
+        """config.yaml as plain YAML (no schema): what the reports need (task, variant) from any run."""
+        p = self.path / CONFIG
+        if not p.exists():
+            raise DynafuseError("not a run folder (no config.yaml)", self.path)
+        try:
+            cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise DataError(f"invalid YAML ({str(e).splitlines()[0]})", p) from None
+        if not isinstance(cfg, dict):
+            raise DataError("config.yaml must hold a mapping of sections", p)
+        return cfg
+
+    def info(self) -> dict:
+        """run.json of a finished run, with `input_dims` as ints."""
+        if not (self.path / CONFIG).exists():
+            raise DynafuseError("not a run folder (no config.yaml)", self.path)
+        info = self.read_json(INFO)
+        if info is None:
+            raise DynafuseError("the run has not finished (no run.json): resume it with `dynafuse train ... "
+                                "--resume`", self.path)
+        if not isinstance(info, dict) or "stages" not in info or "input_dims" not in info:
+            raise DataError("run.json lacks stages/input_dims: not written by `dynafuse train`", self.path / INFO)
+        info["input_dims"] = {k: int(v) for k, v in info["input_dims"].items()}
+        return info
+
+    def metrics(self) -> dict:
+        m = self.read_json(METRICS)
+        if not isinstance(m, dict):
+            raise DataError("missing or not a mapping of splits", self.path / METRICS)
+        return m
+
+    def resolve(self, recorded: str | Path) -> Path:
+        """A checkpoint path as run.json/done.json record it: relative to the folder, or (runs written before
+        paths were relative) absolute on the machine that trained it, mapped to this folder's checkpoints/."""
+        p = Path(recorded)
+        if not p.is_absolute():
+            return self.path / p
+        if p.exists():
+            return p
+        parts = p.parts
+        return self.path.joinpath(*parts[parts.index("checkpoints"):]) if "checkpoints" in parts else p
+
+    def relative(self, path: str | Path) -> str:
+        """How a checkpoint path inside the folder is recorded."""
+        try:
+            return str(Path(path).resolve().relative_to(self.path.resolve()))
+        except ValueError:
+            return str(path)
+
+    def best_checkpoint(self) -> Path:
+        """The checkpoint valid selected in the last stage; DynafuseError when it is not on this machine."""
+        info = self.read_json(INFO)
+        if not isinstance(info, dict) or not info.get("stages"):
+            raise DynafuseError("the run has not finished (no run.json with stages): resume it with "
+                                "`dynafuse train ... --resume`", self.path)
+        stages = info["stages"]
+        best = self.resolve(stages[list(stages)[-1]]["best"])
+        if not best.exists():
+            raise DynafuseError("its checkpoint is not here (checkpoints are not committed; train the run "
+                                f"again, or copy its checkpoints/ folder): {self.relative(best)} missing", self.path)
+        return best
+
+    def has_checkpoint(self) -> bool:
+        try:
+            self.best_checkpoint()
+            return True
+        except DynafuseError:
+            return False
+
+    def record(self) -> dict:
+        """One row for summaries and reports: names, seed, task, variant, metrics, params, s/epoch."""
+        info, cfg = self.read_json(INFO), self.raw_config()
+        if not isinstance(info, dict) or not {"model", "dataset", "seed"} <= set(info):
+            raise DataError("run.json lacks model/dataset/seed: not written by `dynafuse train`", self.path / INFO)
+        stages = info.get("stages", {}).values()
+        epochs = sum(s.get("epochs", 0) for s in stages)
+        return {"dir": str(self.path), "model": info["model"], "dataset": info["dataset"], "seed": info["seed"],
+                "task": (cfg.get("model") or {}).get("task", "regression"), "variant": cfg.get("variant", ""),
+                "metrics": self.metrics(), "params": info.get("params"),
+                "value_range": info.get("value_range", 3.0),
+                "text_backbone": ((cfg.get("data") or {}).get("text") or {}).get("backbone", "minilm"),
+                "sec_per_epoch": sum(s.get("seconds", 0) for s in stages) / max(epochs, 1)}
+
+    # ---------------------------------------------------------------- writing (each file atomically)
+    def write_config(self, text: str) -> None:
+        atomic_write_text(self.path / CONFIG, text)
+
+    def write_json(self, name: str, obj) -> Path:
+        return atomic_write_json(self.path / name, obj)
+
+    def clear_results(self) -> None:
+        """Before training again (--force): remove the finished marker first, then the other results."""
+        for name in (INFO, METRICS, PREDICTIONS, ORDINAL):
+            (self.path / name).unlink(missing_ok=True)
+
+
+def find_runs(roots: list[str | Path]) -> list[RunDir]:
+    """Every finished run folder (with run.json) under the given folders (or the folders themselves)."""
+    out = []
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise ConfigError("no such folder", root)
+        out += [RunDir(p.parent) for p in sorted(root.rglob(INFO)) if (p.parent / CONFIG).exists()]
+    return out

@@ -1,0 +1,73 @@
+"""Typed configs: every section rejects unknown keys, wrong types and values out of range, in one line."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from dynafuse.cli import main
+from dynafuse.config import dump
+from dynafuse.errors import ConfigError
+from dynafuse.training import RunDir, build_config, run_config
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.dropuot=0.3", ["model.dropuot", "dropout"]),
+    ("train.lrr=0.1", ["train.lrr", "lr"]),
+    ("data.batchsize=8", ["data.batchsize", "batch_size"]),
+    ("data.text.max_lenn=8", ["data.text.max_lenn", "max_len"]),
+    ("data.options.text_colum=text", ["text_colum", "text_column"]),
+    ("varaint=x", ["varaint", "variant"]),
+])
+def test_unknown_key_in_each_section_names_it_and_the_closest(override, words):
+    with pytest.raises(ConfigError) as e:
+        build_config("daf", "mosi", [override])
+    assert all(w in str(e.value) for w in words), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=fast", "train.lr"), ("data.batch_size=many", "data.batch_size"), ("model.dynamic=maybe", "model.dynamic"),
+    ("train=5", "train"), ("model=[1, 2]", "model"),
+])
+def test_wrong_type_is_one_line(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_config("daf", "mosi", [override])
+
+
+@pytest.mark.parametrize("override", ["train.lr=-0.001", "data.batch_size=0", "model.dropout=1.5",
+                                      "train.max_epochs=0", "data.value_range=5", "train.devices=0",
+                                      "train.warmup_ratio=1", "model.task=binary", "train.monitor=accuracy"])
+def test_out_of_range_is_refused_before_any_data(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        build_config("daf", "mosi", [override])
+
+
+def test_presets_and_overrides_merge_in_order(tmp_path):
+    cfg = build_config("dpdf_lq", "mosei")
+    assert cfg.model.d_model == 128 and cfg.data.batch_size == 64 and cfg.train.max_epochs == 20  # mosei section
+    f = tmp_path / "mine.yaml"
+    f.write_text("train:\n  max_epochs: 7\n")
+    assert build_config("dpdf_lq", "mosei", ["train.max_epochs=9"], f).train.max_epochs == 9
+    assert build_config("dpdf_lq", "mosei", [], f).train.max_epochs == 7
+    f.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mine.yaml"):
+        build_config("daf", "mosi", [], f)
+    f.write_text("train: {lr: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        build_config("daf", "mosi", [], f)
+
+
+def test_saved_config_is_complete_and_loads_back(tmp_path):
+    cfg = build_config("kuda", "mosi", ["model.k=0.5", "train.seed=3"])
+    run = RunDir(tmp_path)
+    run.write_config(dump(cfg))
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["model"]["k"] == 0.5 and "fusion_layers" in saved["model"] and saved["train"]["seed"] == 3
+    assert run_config(run) == cfg
+
+
+def test_cli_unknown_key_is_one_line_exit_2(capsys):
+    assert main(["train", "--model", "daf", "--dataset", "mosi", "model.dropuot=0.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "dropuot" in err and "dropout" in err
