@@ -37,8 +37,6 @@ grid:
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import os
@@ -48,7 +46,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, DynafuseError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..io import safe_name
 from .runner import Cell, _run_cell, ray_session
 
@@ -274,12 +272,7 @@ def write_results(spec: dict) -> dict:
     out, metric = Path(spec["out"]), spec["metric"]
     rows = trial_rows(spec)
     best = best_trial(rows, metric)
-    buf = io.StringIO()
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / "trials.csv", buf.getvalue())
+    atomic_write_csv(out / "trials.csv", rows)
     params = {k: v for k, v in best.items() if k in spec["space"]}
     result = {"model": spec["model"], "dataset": spec["dataset"], "out": str(out), "trial": best["trial"],
               "selected_on": "valid", "metric": metric, "direction": direction(metric),

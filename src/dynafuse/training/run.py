@@ -6,8 +6,6 @@ A run folder holds `config.yaml`, `checkpoints/`, `logs/metrics.csv`, `metrics.j
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import pickle
@@ -29,7 +27,7 @@ from ..data import Bundle, SplitDataset, load_dataset
 from ..data.text import attach_text
 from ..errors import ConfigError, DynafuseError
 from ..models.base import gate_components
-from ..io import atomic_write, atomic_write_json, atomic_write_text
+from ..io import atomic_write, atomic_write_csv, atomic_write_json, atomic_write_text
 from .module import LitMSA, score_metrics
 
 
@@ -110,11 +108,7 @@ def evaluate(lit: LitMSA, bundle: Bundle, cfg: dict, run_dir: Path) -> dict:
                     names = gate_components(k[len("gate_"):], g.shape[1], modal_names)
                     row.update({f"{k}_{n}": round(float(v), 6) for n, v in zip(names, g[i])})
             rows.append(row)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(run_dir / "predictions.csv", buf.getvalue())
+    atomic_write_csv(run_dir / "predictions.csv", rows)
     atomic_write_json(run_dir / "ordinal.json", ordinal)
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
