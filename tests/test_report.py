@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from dynafuse.analysis.report import write_report
+from dynafuse.analysis.report import to_html, write_report
 from dynafuse.cli import main
 from dynafuse.errors import DataError, DynafuseError
 from dynafuse.metrics import compute_metrics, ordinal_stats
@@ -131,6 +132,23 @@ def test_explain_figures_are_linked(runs, tmp_path, monkeypatch):
     (ex / "gates.png").write_bytes(b"synthetic")
     md = write_report([runs], tmp_path / "rep" / "r")
     assert "[gates.png](../runs/mosi/daf-s0/explain/gates.png)" in md
+    html = (tmp_path / "rep" / "r.html").read_text()
+    assert '<a href="../runs/mosi/daf-s0/explain/gates.png">gates.png</a>' in html
+
+
+def test_html_page_escapes_text_and_embeds_figures(tmp_path):
+    """The template escapes every text (autoescape), keeps Markdown **bold** and inlines the PNG bytes."""
+    png = b"\x89PNG synthetic bytes"
+    (tmp_path / "f.png").write_bytes(png)
+    blocks = [("h", 2, "a <script>"), ("p", "**best** & <i>"), ("table", ["model <x>"], [["a&b", "1 ± 2"]]),
+              ("img", "f.png", 'caption "quoted"'), ("links", "run <1>:", [("x/a.png", "a.png"), ("x/b.png", "b")])]
+    page = to_html(blocks, tmp_path, "title & co")
+    assert page.startswith("<!DOCTYPE html>") and "<title>title &amp; co</title>" in page and "<style>" in page
+    assert "<h2>a &lt;script&gt;</h2>" in page and "<p><b>best</b> &amp; &lt;i&gt;</p>" in page
+    assert "<th>model &lt;x&gt;</th>" in page and "<td>a&amp;b</td><td>1 ± 2</td>" in page
+    assert f'src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
+    assert 'alt="caption &#34;quoted&#34;"' in page
+    assert '<p>run &lt;1&gt;: <a href="x/a.png">a.png</a>, <a href="x/b.png">b</a></p>' in page
 
 
 def test_missing_or_empty_folder_is_a_clear_error(tmp_path, capsys):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Mapping, Sequence
 
 
 def safe_name(name: str) -> str:
@@ -39,6 +40,34 @@ def atomic_write_json(path: str | Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def atomic_write_csv(path: str | Path, rows: Iterable[Mapping | Sequence], fieldnames: Sequence[str] | None = None,
+                     *, lineterminator: str = "\r\n") -> Path:
+    """Write a CSV file atomically with the csv module, straight into the temporary file.
+
+    `rows` are either dicts, written under the columns `fieldnames` (default: every key, in the order first seen;
+    a missing key is a blank cell, a key outside `fieldnames` is left out), or sequences, written as they are
+    below the header `fieldnames` (none when it is None). `lineterminator` is the csv module's ("\\r\\n", as
+    RFC 4180); pass "\\n" for plain line ends.
+    """
+    rows = list(rows)
+    as_dicts = bool(rows) and isinstance(rows[0], Mapping)
+    if as_dicts and fieldnames is None:
+        fieldnames = list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(p: Path) -> None:
+        with open(p, "w", newline="", encoding="utf-8") as f:
+            if as_dicts:
+                w = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore", lineterminator=lineterminator)
+                w.writeheader()
+            else:
+                w = csv.writer(f, lineterminator=lineterminator)
+                if fieldnames is not None:
+                    w.writerow(fieldnames)
+            w.writerows(rows)
+
+    return atomic_write(path, write)
+
+
 def atomic_save_npy(path: str | Path, array) -> Path:
     import numpy as np
 
@@ -48,18 +77,3 @@ def atomic_save_npy(path: str | Path, array) -> Path:
 
     return atomic_write(path, write)
 
-
-def atomic_write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None = None) -> Path:
-    """Rows (dicts) as a CSV file with a header, written atomically; `fieldnames` default to the keys of all rows
-    in first-seen order."""
-    import csv
-
-    fields = fieldnames or list(dict.fromkeys(k for r in rows for k in r))
-
-    def write(p: Path) -> None:
-        with open(p, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-
-    return atomic_write(path, write)

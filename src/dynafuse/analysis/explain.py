@@ -12,22 +12,19 @@ A model that returns no gates, attention or fused representation gets a note in 
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DynafuseError
-from ..files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_csv, atomic_write_json
 from ..metrics import levels
 from ..training import load_run, predict_batches
 from ..training.predict import MIN_SHARE
 from ..training.run import loader
-from .report import pyplot, save_figure
+from .figures import attention_figure, gates_figure, tsne_figure
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-TSNE_MAX = 2000  # t-SNE is quadratic in the samples: a fixed random subset beyond this
 
 
 def gate_stats(g: np.ndarray, comps: list[str], level: np.ndarray) -> dict:
@@ -44,85 +41,13 @@ def gate_stats(g: np.ndarray, comps: list[str], level: np.ndarray) -> dict:
     }
 
 
-def gates_figure(gates: dict[str, np.ndarray], stats: dict, path: Path, title: str) -> Path:
-    """Top row: a violin per component of each gate; bottom row: each component's mean weight by true level."""
-    plt = pyplot()
-    fig, axes = plt.subplots(2, len(gates), figsize=(4.2 * len(gates), 6.4), squeeze=False)
-    for j, (name, g) in enumerate(gates.items()):
-        comps = stats[name]["components"]
-        ax = axes[0][j]
-        # a constant component has no spread to draw a violin from: a box (a line) shows it instead
-        if all(np.ptp(g[:, i]) > 0 for i in range(g.shape[1])):
-            ax.violinplot([g[:, i] for i in range(g.shape[1])], showmedians=True)
-        else:
-            ax.boxplot([g[:, i] for i in range(g.shape[1])], showfliers=False)
-        ax.set_xticks(range(1, len(comps) + 1), comps)
-        ax.set_title(f"gate '{name}': weight per sample", fontsize=10)
-        ax.set_ylabel("weight")
-        ax.grid(alpha=0.3)
-        ax = axes[1][j]
-        by = stats[name]["mean_by_level"]
-        for c in comps:
-            lv = [int(v) for v in by[c]]
-            ax.plot(lv, list(by[c].values()), marker="o", label=c)
-        ax.set_xlabel("true sentiment level")
-        ax.set_ylabel("mean weight")
-        ax.set_title(f"gate '{name}': mean weight by level", fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def attention_figure(maps: dict[str, np.ndarray], path: Path, title: str) -> Path:
-    plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-    cols = min(3, len(maps))
-    rows = -(-len(maps) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False)
-    for ax, (name, m) in zip(axes.flat, maps.items()):
-        im = ax.imshow(m, aspect="auto", cmap="viridis", interpolation="nearest")
-        ax.set_title(f"{name} ({m.shape[0]}×{m.shape[1]})", fontsize=10)
-        ax.set_xlabel("key position")
-        ax.set_ylabel("query position")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.colorbar(im, ax=ax)
-    for ax in list(axes.flat)[len(maps):]:
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def tsne_figure(fused: np.ndarray, y: np.ndarray, path: Path, title: str, seed: int = 0) -> dict:
-    from sklearn.manifold import TSNE
-
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.choice(len(fused), TSNE_MAX, replace=False)) if len(fused) > TSNE_MAX else np.arange(len(fused))
-    perplexity = float(min(30.0, (len(keep) - 1) / 3))
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(fused[keep])
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.2, 5))
-    lim = float(np.abs(y).max()) or 1.0
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=y[keep], cmap="coolwarm", vmin=-lim, vmax=lim, s=9, alpha=0.8)
-    fig.colorbar(sc, ax=ax, label="label (sentiment score)")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=10)
-    save_figure(fig, path)
-    return {"points": int(len(keep)), "perplexity": perplexity, "random_state": seed, "dim": int(fused.shape[1])}
-
-
-def gates_csv(ids, y, pred, gates: dict[str, np.ndarray], comps: dict[str, list[str]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["id", "label", "prediction", *(f"gate_{n}_{c}" for n in gates for c in comps[n])])
-    for i in range(len(ids)):
-        w.writerow([ids[i], f"{y[i]:.6g}", f"{pred[i]:.6g}",
-                    *(f"{g[i, j]:.6f}" for g in gates.values() for j in range(g.shape[1]))])
-    return buf.getvalue()
+def write_gates_csv(path: Path, ids, y, pred, gates: dict[str, np.ndarray], comps: dict[str, list[str]]) -> Path:
+    """One row per sample: id, label, prediction (N,) and every gate's weights, gates[name] (N, components),
+    named `gate_<name>_<component>`."""
+    header = ["id", "label", "prediction", *(f"gate_{n}_{c}" for n in gates for c in comps[n])]
+    rows = ([ids[i], f"{y[i]:.6g}", f"{pred[i]:.6g}",
+             *(f"{g[i, j]:.6f}" for g in gates.values() for j in range(g.shape[1]))] for i in range(len(ids)))
+    return atomic_write_csv(path, rows, header)
 
 
 def explain_run(run_dir: str | Path, out: str | Path | None = None, split: str = "test") -> dict:
@@ -154,7 +79,7 @@ def explain_run(run_dir: str | Path, out: str | Path | None = None, split: str =
     if res.other_gates:
         info["notes"].append(f"gates {res.other_gates} are not (batch, components) weights: not summarised")
     if res.gates:
-        atomic_write_text(out / "gates.csv", gates_csv(ids, res.y, res.pred, res.gates, comps))
+        write_gates_csv(out / "gates.csv", ids, res.y, res.pred, res.gates, comps)
     if gates:
         gates_figure(gates, info["gates"], out / "gates.png", title)
         info["figures"].append("gates.png")

@@ -1,10 +1,11 @@
 """`dynafuse report`: one report over finished runs, built only from the files in the run folders.
 
 Writes, each atomically, beside `OUT` (e.g. `reports/foundation`):
-- `OUT.md` and `OUT.html` (the same tables; the HTML embeds the figures, so it is one self-contained file);
+- `OUT.md` and `OUT.html` (the same tables; the HTML, rendered from the Jinja2 template `templates/report.html.j2`,
+  embeds the figures, so it is one self-contained file);
 - `OUT.csv` (one row per run) and `OUT_summary.csv` (mean and std of every metric per group of seeds);
 - `OUT.json` (runs, groups, published anchors and the extra analyses);
-- `OUT_figures/*.png`.
+- `OUT_figures/*.png` (drawn by `figures.py`).
 
 Sections per dataset: mean ± std of every metric (ours), the published rows (other features, not like for like),
 MAE/Corr per model, the ordinal analysis (confusion over the 7 levels, qwk, jumps); then robustness
@@ -16,31 +17,23 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
-import io
+import functools
 import os
 import re
 from collections import defaultdict
 from pathlib import Path
 
+import jinja2
 import numpy as np
 
 from ..data.registry import resolve_data_dir
 from ..errors import DataError, DynafuseError
-from ..files import atomic_write, atomic_write_json, atomic_write_text, safe_name
+from ..files import atomic_write_csv, atomic_write_json, atomic_write_text, safe_name
 from ..metrics import METRIC_KEYS, aggregate, format_mean_std, ordinal_stats
 from ..training import RunDir
 from .anchors import load_anchors
-from .summary import (
-    FINE,
-    by_dataset_task,
-    cell,
-    find_runs,
-    group_runs,
-    label,
-    md_table,
-    metric_table,
-)
+from .figures import confusion_figure, curves_figure, metrics_figure
+from .summary import FINE, by_dataset_task, cell, find_runs, group_runs, label, md_table, metric_table
 
 ANCHOR_KEYS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc3", "acc5", "acc7", "mae", "corr")
 HEADLINE = {"regression": ("mae", "corr"), "3class": ("acc3", "f1_3")}  # per-model figure, robustness tables
@@ -48,9 +41,11 @@ TRANSFER_KEYS = ("acc2_has0", "acc2_non0", "acc3", "f1_3", "mae", "corr")
 ORDINAL_KEYS = ("qwk", "jump2", "mean_abs_jump")
 PUBLISHED_NOTE = "published — different features (BERT + COVAREP/Facet), not like-for-like"
 
-# A report is a list of blocks, rendered once as Markdown and once as HTML:
+# A report is a list of blocks, rendered once as Markdown and once as HTML (templates/report.html.j2):
 # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", relative path, caption)
-# | ("links", text, [(relative path, name)])
+# | ("links", text, [(relative path, name)]). The template names the fields after the kind:
+BLOCK_FIELDS = {"h": ("level", "text"), "p": ("text",), "table": ("header", "rows"), "img": ("path", "caption"),
+                "links": ("text", "links")}
 
 
 # --------------------------------------------------------------------------- reading run folders
@@ -97,84 +92,6 @@ def mean_std(rows: list[dict], key: str, digits: int = 3) -> str:
     """`mean ± std` of `key` over the rows that have it (blank when none does)."""
     vals = [{key: r[key]} for r in rows if isinstance(r.get(key), (int, float))]
     return format_mean_std(aggregate(vals), key, digits) if vals else ""
-
-
-# --------------------------------------------------------------------------- figures
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
-    pyplot().close(fig)
-    return path
-
-
-def metrics_figure(groups: list[dict], keys: tuple[str, ...], title: str, path: Path) -> Path:
-    """One panel per metric: mean over seeds with a ± std error bar, one row per model. Points, not bars from
-    zero, so that differences of a few hundredths stay visible."""
-    plt = pyplot()
-    names = [label(g) for g in groups]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys) + 1.5, 0.32 * len(names) + 1.4),
-                             squeeze=False, sharey=True)
-    for ax, k in zip(axes[0], keys):
-        mean = [g["agg"].get(k, {}).get("mean", np.nan) for g in groups]
-        std = [g["agg"].get(k, {}).get("std", 0.0) for g in groups]
-        ax.errorbar(mean, range(len(names)), xerr=std, fmt="o", color="tab:blue", capsize=3, ms=4)
-        ax.set_xlabel(f"{k} (mean ± std over seeds)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_yticks(range(len(names)), names, fontsize=8)
-    axes[0][0].invert_yaxis()
-    fig.suptitle(title)
-    return save_figure(fig, path)
-
-
-def confusion_figure(cm: np.ndarray, levels: list[int], title: str, path: Path) -> Path:
-    """Heatmap coloured by the share of each true level (rows), annotated with the counts."""
-    plt = pyplot()
-    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(levels), 0.8 + 0.6 * len(levels)))
-    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(levels)):
-        for j in range(len(levels)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(levels)), levels)
-    ax.set_yticks(range(len(levels)), levels)
-    ax.set_xlabel("predicted level")
-    ax.set_ylabel("true level")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="share of the true level")
-    return save_figure(fig, path)
-
-
-def curves_figure(curves: dict[str, dict[str, dict]], keys: tuple[str, ...], title: str, path: Path) -> Path:
-    """curves[curve][model] = {"levels": [...], metric: [mean over seeds per level]}: one panel per curve and
-    metric, one line per model."""
-    plt = pyplot()
-    names = list(curves)  # robustness.json's order: noise per modality, then token drop
-    fig, axes = plt.subplots(len(keys), len(names), figsize=(3.6 * len(names), 2.8 * len(keys)), squeeze=False)
-    for j, curve in enumerate(names):
-        for i, k in enumerate(keys):
-            ax = axes[i][j]
-            for model, c in sorted(curves[curve].items()):
-                if k in c:
-                    ax.plot(c["levels"], c[k], marker="o", ms=3, label=model)
-            ax.set_title(curve, fontsize=9)
-            ax.set_xlabel("level")
-            ax.set_ylabel(k)
-            ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- sections
@@ -364,62 +281,53 @@ def to_markdown(blocks: list) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _inline(text: str) -> str:
-    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+def _bold_parts(text: str) -> list[str]:
+    """`text` split at Markdown's **bold**: the odd-numbered parts (0-based) are the bold ones."""
+    return re.split(r"\*\*(.+?)\*\*", text)
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("dynafuse.analysis", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.filters["bold_parts"] = _bold_parts
+    return env
 
 
 def to_html(blocks: list, base: Path, title: str) -> str:
-    """A single self-contained page: the figures are embedded as data URIs, links point at the files."""
-    body = []
-    for b in blocks:
-        if b[0] == "h":
-            body.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
-        elif b[0] == "p":
-            body.append(f"<p>{_inline(b[1])}</p>")
-        elif b[0] == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in b[1])
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in b[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif b[0] == "img":
-            data = base64.b64encode((base / b[1]).read_bytes()).decode()
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[2])}">'
-                        f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
-        elif b[0] == "links":
-            links = ", ".join(f'<a href="{html.escape(p)}">{html.escape(n)}</a>' for p, n in b[2])
-            body.append(f"<p>{html.escape(b[1])} {links}</p>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}td:first-child,th:first-child"
-             "{text-align:left}th{background:#f3f3f3}img{max-width:100%}figcaption{font-size:12px;color:#555}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    """A single self-contained page (templates/report.html.j2): the figures are embedded as data URIs, links
+    point at the files (relative to `base`, where the page is written)."""
+    items = []
+    for kind, *fields in blocks:
+        item = {"kind": kind, **dict(zip(BLOCK_FIELDS[kind], fields))}
+        if kind == "img":
+            item["data"] = base64.b64encode((base / item["path"]).read_bytes()).decode()
+        items.append(item)
+    return _templates().get_template("report.html.j2").render(title=title, blocks=items)
 
 
-def runs_csv(runs: list[dict], split: str) -> str:
-    keys = [k for k in METRIC_KEYS if any(k in r["metrics"][split] for r in runs)]
-    keys += sorted({k for r in runs for k in r["metrics"][split]} - set(keys))
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["dataset", "model", "variant", "task", "seed", "dir", *keys])
-    for r in runs:
-        m = r["metrics"][split]
-        w.writerow([r["dataset"], r["model"], r["variant"], r["task"], r["seed"], r["dir"],
-                    *(m.get(k, "") for k in keys)])
-    return buf.getvalue()
+def metric_columns(metric_dicts: list[dict]) -> list[str]:
+    """Every key of the dicts: those of METRIC_KEYS in its order, then the others sorted."""
+    keys = [k for k in METRIC_KEYS if any(k in m for m in metric_dicts)]
+    return keys + sorted({k for m in metric_dicts for k in m} - set(keys))
 
 
-def summary_csv(groups: list[dict]) -> str:
-    keys = [k for k in METRIC_KEYS if any(k in g["agg"] for g in groups)]
-    keys += sorted({k for g in groups for k in g["agg"]} - set(keys))
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["dataset", "model", "variant", "task", "n_seeds", "seeds", *(f"{k}_{s}" for k in keys
-                                                                             for s in ("mean", "std"))])
-    for g in groups:
-        vals = [g["agg"][k][s] if k in g["agg"] else "" for k in keys for s in ("mean", "std")]
-        w.writerow([g["dataset"], g["model"], g["variant"], g["task"], g["n_seeds"],
-                    " ".join(map(str, g["seeds"])), *vals])
-    return buf.getvalue()
+def write_runs_csv(path: Path, runs: list[dict], split: str) -> Path:
+    """One row per run: dataset, model, variant, task, seed, dir and every metric of `split`."""
+    keys = metric_columns([r["metrics"][split] for r in runs])
+    rows = ([r["dataset"], r["model"], r["variant"], r["task"], r["seed"], r["dir"],
+             *(r["metrics"][split].get(k, "") for k in keys)] for r in runs)
+    return atomic_write_csv(path, rows, ["dataset", "model", "variant", "task", "seed", "dir", *keys])
+
+
+def write_summary_csv(path: Path, groups: list[dict]) -> Path:
+    """One row per group of seeds: the mean and std of every metric."""
+    keys = metric_columns([g["agg"] for g in groups])
+    rows = ([g["dataset"], g["model"], g["variant"], g["task"], g["n_seeds"], " ".join(map(str, g["seeds"])),
+             *(g["agg"][k][s] if k in g["agg"] else "" for k in keys for s in ("mean", "std"))] for g in groups)
+    return atomic_write_csv(path, rows, ["dataset", "model", "variant", "task", "n_seeds", "seeds",
+                                         *(f"{k}_{s}" for k in keys for s in ("mean", "std"))])
 
 
 # --------------------------------------------------------------------------- the report
@@ -476,8 +384,8 @@ def write_report(run_dirs_or_roots, out: str | Path, split: str = "test", data_d
     atomic_write_text(base / f"{name}.md", markdown)
     atomic_write_text(base / f"{name}_overview.md", to_markdown(overview))  # the README shows this one
     atomic_write_text(base / f"{name}.html", to_html(blocks, base, f"dynafuse report: {name}"))
-    atomic_write_text(base / f"{name}.csv", runs_csv(runs, split))
-    atomic_write_text(base / f"{name}_summary.csv", summary_csv(groups))
+    write_runs_csv(base / f"{name}.csv", runs, split)
+    write_summary_csv(base / f"{name}_summary.csv", groups)
     atomic_write_json(base / f"{name}.json", {"split": split, "runs": runs, "groups": groups, "anchors": anchors,
                                               "extras": extras})
     return markdown

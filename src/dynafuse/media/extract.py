@@ -13,8 +13,6 @@ Output: OUT/clips/<video_id>/<clip_id>.npz  one per clip, written atomically as 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import multiprocessing
 import os
@@ -29,13 +27,7 @@ import numpy as np
 
 from ..data.tables import SPLITS, UNI_COLUMNS, label_range, read_label_csv
 from ..errors import ConfigError, DataError, DynafuseError
-from ..files import (
-    atomic_save_npy,
-    atomic_write,
-    atomic_write_json,
-    atomic_write_text,
-    safe_name,
-)
+from ..files import atomic_save_npy, atomic_write, atomic_write_csv, atomic_write_json, safe_name
 from .asr import check_asr
 from .pipeline import MEDIA_MODALITIES, ClipFeatures, FeaturePipeline
 
@@ -243,20 +235,20 @@ def _clip_info(cache: Path) -> dict:
         raise DataError(f"unreadable cached clip ({e}); delete it and rerun to extract it again", cache) from None
 
 
-def _label_csv(table: dict[str, np.ndarray], rows: np.ndarray, infos: list[dict]) -> tuple[str, list[str]]:
-    """The kept rows with the transcript each clip used; and the clips' notes, one line per kind."""
+def _label_csv(path: Path, table: dict[str, np.ndarray], rows: np.ndarray, infos: list[dict]) -> list[str]:
+    """Write the kept rows with the transcript each clip used to `path`; return the clips' notes, one line per kind."""
     uni = [c for c in UNI_COLUMNS.values() if c in table]
     notes: dict[str, list[str]] = {}
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["video_id", "clip_id", "text", "label", *uni, "mode", "transcript_source"])
+    out = []
     for r, info in zip(rows, infos):
         if info.get("note"):
             notes.setdefault(info["note"], []).append(f"{table['video_id'][r]}/{table['clip_id'][r]}")
-        w.writerow([table["video_id"][r], table["clip_id"][r], info["text"], f"{table['label'][r]:g}",
+        out.append([table["video_id"][r], table["clip_id"][r], info["text"], f"{table['label'][r]:g}",
                     *["" if np.isnan(table[c][r]) else f"{table[c][r]:g}" for c in uni], table["mode"][r],
                     info["source"]])
-    return buf.getvalue(), [f"{len(ids)} clip(s): {note} (first: {ids[0]})" for note, ids in notes.items()]
+    atomic_write_csv(path, out, ["video_id", "clip_id", "text", "label", *uni, "mode", "transcript_source"],
+                     lineterminator="\n")
+    return [f"{len(ids)} clip(s): {note} (first: {ids[0]})" for note, ids in notes.items()]
 
 
 def assemble(out: Path, table: dict[str, np.ndarray], spec: dict, meta: dict) -> dict:
@@ -273,8 +265,7 @@ def assemble(out: Path, table: dict[str, np.ndarray], spec: dict, meta: dict) ->
         if spec.get(m):
             lengths = _fill_modality(out, m, kept, _width(spec, m, infos), int(spec[m]["dim"]))
             present[m] = int((lengths > 0).sum())
-    label_csv, notes = _label_csv(table, rows, infos)
-    atomic_write_text(out / "label.csv", label_csv)
+    notes = _label_csv(out / "label.csv", table, rows, infos)
     counts = {"clips": len(rows), **{s: int((table["mode"][rows] == s).sum()) for s in SPLITS},
               "present": present}
     atomic_write_json(out / "meta.json", {"format": FORMAT, "version": VERSION, **meta, "feature_spec": spec,
@@ -285,11 +276,7 @@ def assemble(out: Path, table: dict[str, np.ndarray], spec: dict, meta: dict) ->
 # ---- the command -------------------------------------------------------------------------------
 
 def _write_errors(out: Path, failures: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=ERROR_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(failures)
-    atomic_write_text(out / "errors.csv", buf.getvalue())
+    atomic_write_csv(out / "errors.csv", failures, ERROR_COLUMNS, lineterminator="\n")
 
 
 def extract_dataset(src: str | Path, out: str | Path, workers: int = 1, layout: str | None = None,
