@@ -71,3 +71,18 @@ def test_cli_unknown_key_is_one_line_exit_2(capsys):
     assert main(["train", "--model", "daf", "--dataset", "mosi", "model.dropuot=0.3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "dropuot" in err and "dropout" in err
+
+
+def test_paper_preset_2501_is_mosei_3class_cross_entropy_adam():
+    import torch
+    from omegaconf import OmegaConf
+
+    from dynafuse.models import create_model
+    from dynafuse.training.module import LitMSA
+
+    cfg = build_config("late_fusion", "mosei", preset="2501.08085")
+    assert cfg.model.task == "3class" and cfg.train.optimizer == "adam" and cfg.train.monitor == "acc3"
+    lit = LitMSA(create_model("late_fusion", {"text": 8}, cfg.model), OmegaConf.to_object(cfg.train), 3.0)
+    assert type(lit.configure_optimizers()) is torch.optim.Adam
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build_config("late_fusion", "mosei", preset="nope")

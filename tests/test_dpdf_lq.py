@@ -28,7 +28,9 @@ from dynafuse.training import build_config
 CFG = {"d_model": 16, "heads": 4, "layers": 1, "dropout": 0.1, "query_len": 4, "dglqa_depth": 3,
        "gpath_ca_depth": 2, "lpath_ca_depth": 2, "hidden": 32}
 ABLATIONS = {"full": {}, "w/o LPath": {"local_path": False}, "w/o GPath": {"global_path": False},
-             "w/o Gate": {"path_gate": False}, "Std.A": {"dglqa": False}}
+             "w/o Gate": {"path_gate": False}, "Std.A": {"query_attention": "standard"},
+             "w/o DGLQA": {"query_attention": "none"}, "AHL": {"query_attention": "ahl"},
+             "w/o GPath CA": {"gpath_ca": False}, "LPath CA <-> GPath CA": {"swap_ca": True}}
 MODS = ["text", "audio", "vision"]
 
 
@@ -159,14 +161,20 @@ def test_gates_and_attention(name):
         gate = out.gates["modality"]
         assert model.modalities == MODS and gate.shape == (5, 3)
         torch.testing.assert_close(gate.sum(1), torch.ones(5))
-        assert gate[[1, 3], 1].abs().max() < 1e-6 and (gate[[0, 2, 4]] > 0).all()
-        assert {"dglqa_text", "dglqa_audio", "dglqa_vision", "text_ca", "global_ca"} <= set(out.attention)
-        assert out.attention["global_ca"].shape == (5, 1 + CFG["query_len"], CFG["query_len"])
+        weighed = [0, 1, 2] if model.query_attention != "ahl" else [1, 2]  # AHL gives text no share
+        assert gate[[1, 3], 1].abs().max() < 1e-6 and (gate[[0, 2, 4]][:, weighed] > 0).all()
+        mapped = {"dglqa": MODS, "standard": MODS, "ahl": ["audio", "vision"], "none": []}[model.query_attention]
+        assert {f"dglqa_{m}" for m in mapped} <= set(out.attention)
+        if model.cfg.gpath_ca:
+            assert {"text_ca", "global_ca"} <= set(out.attention)
+            n_q, n_k = CFG["query_len"], CFG["query_len"]  # the swapped flow has the same sizes: both are l_t long
+            assert out.attention["global_ca"].shape == (5, 1 + n_q, n_k)
     else:
         assert "modality" not in out.gates  # w/o GPath has no modality gate
     if model.use_local:
-        t_av = batch.x["audio"].shape[1] + batch.x["vision"].shape[1]
-        assert out.attention["local_ca"].shape == (5, 1 + t_av, batch.x["text"].shape[1])
+        t_av, t_text = batch.x["audio"].shape[1] + batch.x["vision"].shape[1], batch.x["text"].shape[1]
+        swapped = model.cfg.swap_ca  # the text attends to audio+vision instead
+        assert out.attention["local_ca"].shape == ((5, 1 + t_text, t_av) if swapped else (5, 1 + t_av, t_text))
         assert out.attention["spatial"].shape == batch.mask["vision"].shape
 
 
@@ -255,7 +263,8 @@ def test_preset_holds_table3_and_builds():
     assert (m["d_model"], m["heads"], m["query_len"], m["dglqa_depth"], m["gpath_ca_depth"], m["lpath_ca_depth"],
             m["hidden"]) == (128, 8, 8, 3, 2, 2, 256)
     assert (t["loss"], t["lr"], t["weight_decay"], cfg["data"]["batch_size"]) == ("mse", 1e-4, 1e-4, 64)
-    assert all(m[k] is True for k in ("global_path", "local_path", "path_gate", "dglqa"))
+    assert all(m[k] is True for k in ("global_path", "local_path", "path_gate", "gpath_ca"))
+    assert m["query_attention"] == "dglqa" and m["swap_ca"] is False
     assert (t["max_epochs"], t["patience"]) == (60, 10)
     # the preset's MOSEI section: MOSEI's own epoch budget (255 steps per epoch, not MOSI's 20); an override wins
     mosei = build_config("dpdf_lq", "mosei")
@@ -266,3 +275,29 @@ def test_preset_holds_table3_and_builds():
     model = create_model("dpdf_lq", DIMS, m).eval()
     with torch.no_grad():
         assert torch.isfinite(model(synthetic_batch()).logits).all()
+
+
+def test_table2_attention_switches_really_switch(batch):
+    """Synthetic batch. w/o DGLQA: no query attention, plain presence shares as the modality gate. AHL: the text
+    queries the others, text gets no gate weight. w/o GPath CA: no Eq. 21/25 blocks. The swapped flows, with the
+    same weights, give other outputs."""
+    from dynafuse.models.dpdf_lq import AHLLayer
+
+    none = build(query_attention="none").eval()
+    assert len(none.dglqa) == 0
+    with torch.no_grad():
+        g = none(batch).gates["modality"]
+    torch.testing.assert_close(g, torch.full((5, 3), 1 / 3))
+    ahl = build(query_attention="ahl").eval()
+    assert all(isinstance(layer, AHLLayer) for layer in ahl.dglqa)
+    with torch.no_grad():
+        g = ahl(batch).gates["modality"]
+    assert (g[:, 0] == 0).all() and torch.allclose(g[:, 1:], torch.full((5, 2), 0.5))
+    no_ca = build(gpath_ca=False)
+    assert not hasattr(no_ca, "text_ca") and not hasattr(no_ca, "global_ca")
+    plain, swapped = build().eval(), build(swap_ca=True).eval()
+    swapped.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        a, b = plain(batch), swapped(batch)
+    assert not torch.allclose(a.extras["f_global"], b.extras["f_global"], atol=1e-4)
+    assert not torch.allclose(a.extras["f_local"], b.extras["f_local"], atol=1e-4)

@@ -30,12 +30,20 @@ CFG = {"d_model": 16, "heads": 4, "layers": 2, "dropout": 0.1, "adapter_bottlene
 TASKS = ("regression", "3class")
 
 
-def build(task="regression", dims=None, stage=None, seed=0, **cfg):
+def build(task="regression", dims=None, stage=None, seed=0, unimodal_labels=("text", "audio", "vision"), **cfg):
+    """KuDA on data that has its own unimodal labels (as SIMSv2), unless told otherwise."""
     torch.manual_seed(seed)
-    model = create_model("kuda", dict(DIMS if dims is None else dims), {**CFG, "task": task, **cfg})
+    model = create_model("kuda", dict(DIMS if dims is None else dims), {**CFG, "task": task, **cfg},
+                         unimodal_labels=unimodal_labels)
     if stage:
         model.stage_setup(stage)
     return model
+
+
+def with_unimodal_labels(b: Batch) -> Batch:
+    """Synthetic unimodal labels: the multimodal label plus a per-modality offset."""
+    b.y_uni = {f"y_{m}": b.y + 0.1 * i for i, m in enumerate(("text", "audio", "vision"))}
+    return b
 
 
 def total_loss(model, out, batch, task="regression"):
@@ -154,7 +162,7 @@ def test_stages_and_task_weights():
     assert model.task_weight("unimodal") == 0.0 and model.task_weight("fusion") == 1.0
     model.stage_setup("unimodal")
     terms = model.loss_terms()
-    assert terms["unimodal"] == (1.0, losses.unimodal_task_loss) and terms["estimate"][0] == 1.0
+    assert terms["unimodal"] == (1.0, model.knowledge_loss) and terms["estimate"][0] == 1.0
     assert "ce" not in terms
     model.stage_setup("fusion")
     terms = model.loss_terms()
@@ -198,7 +206,7 @@ def test_stage_freezing():
 def test_every_trainable_parameter_gets_a_finite_gradient(task, stage):
     """Synthetic batch: after stage_setup, the stage's loss reaches every parameter left trainable."""
     model = build(task, stage=stage, fusion_unimodal_weight=0.1).train()
-    b = synthetic_batch()
+    b = with_unimodal_labels(synthetic_batch())
     out = model(b)
     total_loss(model, out, b, task).backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -224,8 +232,9 @@ def test_padding_garbage_changes_nothing(task, stage):
         torch.testing.assert_close(a.unimodal[m], c.unimodal[m], atol=1e-5, rtol=1e-5)
 
 
-def test_gates_are_ratios_over_present_modalities():
-    """Synthetic batch with audio missing for samples 1 and 3."""
+def test_gates_are_the_normalised_multipliers_over_present_modalities():
+    """Synthetic batch with audio missing for samples 1 and 3: the gates written out are p_m (1 + R_m)
+    normalised, the weights the fusion applies, not the raw ratios."""
     model = build().eval()
     b = drop(synthetic_batch(), "audio", [1, 3])
     with torch.no_grad():
@@ -236,7 +245,9 @@ def test_gates_are_ratios_over_present_modalities():
     assert (g[[1, 3], 1] == 0).all() and (g[[0, 2, 4]] > 0).all()
     scores, ref = out.extras["unimodal_scores"], out.extras["reference_score"]
     present = torch.stack([b.present(m) for m in model.modalities], 1)
-    torch.testing.assert_close(g, sentiment_ratio(scores, ref, present, model.k))
+    ratio = sentiment_ratio(scores, ref, present, model.k)
+    torch.testing.assert_close(out.extras["ratio"], ratio)
+    torch.testing.assert_close(g, present * (1 + ratio) / (present * (1 + ratio)).sum(1, keepdim=True))
     assert out.fused.shape == (5, 16) and all(out.extras[f"repr_{m}"].shape == (5, 16) for m in model.modalities)
 
 
@@ -330,11 +341,12 @@ def test_bad_options_raise():
 
 @pytest.mark.parametrize("flags", [{"knowledge": False}, {"dynamic": False}, {"ce_loss": False},
                                    {"ratio_reference": "label"}, {"ratio_reference": "consensus"},
+                                   {"ratio_reference": "public_code"}, {"knowledge_source": "multimodal"},
                                    {"freeze": "all"}, {"fusion_unimodal_weight": 0.2}])
 def test_ablations_train_a_step(flags):
     """Synthetic batch: each switch builds, runs both of its stages and gives a finite loss."""
     model = build(**flags)
-    b = synthetic_batch()
+    b = with_unimodal_labels(synthetic_batch())
     for stage in model.stages:
         model.stage_setup(stage)
         loss = total_loss(model, model.train()(b), b)
@@ -370,10 +382,12 @@ def test_unimodal_loss_uses_unimodal_labels():
     with torch.no_grad():
         out = model(b)
     pred = out.unimodal["text"].squeeze(-1)
-    target = torch.tensor([0.2, -1.0, -0.4, 0.0, 1.0])  # NaN falls back to the multimodal label
+    known = torch.tensor([True, False, True, True, True])  # a NaN label is skipped, never replaced
+    target = b.y_uni["y_text"]
     weight, term = model.loss_terms()["unimodal"]
     assert weight == 1.0
-    assert term(out, b, task="regression", kind="l1").item() == pytest.approx((pred - target).abs().mean().item())
+    assert term(out, b, task="regression", kind="l1").item() == pytest.approx(
+        (pred - target)[known].abs().mean().item())
     assert model.estimate_loss(out, b).item() == pytest.approx(
         (out.extras["estimate_logits"].squeeze(-1) - b.y).abs().mean().item())
 
@@ -421,3 +435,49 @@ def test_token_ids_run_a_frozen_backbone_with_adapters(tmp_path):
     with torch.no_grad():
         out = model.eval()(b)
     assert torch.isfinite(out.logits).all() and out.gates["modality"].shape == (3, 2)
+
+
+# --------------------------------------------------------------------------- where the knowledge comes from
+
+
+def test_knowledge_plan_own_external_none_and_ablation():
+    """Own unimodal labels for every modality: own. None: the external dataset's, for the modalities it provides
+    (here text); a modality with no source gets no adapters and no decoder. Nothing at all: no stage 1."""
+    own = build()
+    assert {s["source"] for s in own.knowledge_sources.values()} == {"own"} and own.stages == ("unimodal", "fusion")
+    ext = build(unimodal_labels=())
+    assert ext.knowledge_modalities == [] and ext.stages == ("fusion",)  # no labels, no external data: no knowledge
+    ext = create_model("kuda", DIMS, CFG, unimodal_labels=(), stage_modalities={"unimodal": ["text"]})
+    assert ext.knowledge_sources["text"] == {"source": "external", "dataset": "simsv2", "label": "label_T"}
+    assert ext.knowledge_sources["audio"]["source"] == "none" and ext.knowledge_modalities == ["text"]
+    assert ext.encoders["audio"].decoder is None and ext.encoders["text"].decoder is not None
+    assert ext.run_info() == {"knowledge": ext.knowledge_sources}
+    abl = build(knowledge_source="multimodal", unimodal_labels=())
+    assert {s["source"] for s in abl.knowledge_sources.values()} == {"multimodal"}
+    from dynafuse.models.kuda import KuDA, KuDAConfig
+
+    assert KuDA.stage_datasets(KuDAConfig(), ()) == {"unimodal": "simsv2"}
+    assert KuDA.stage_datasets(KuDAConfig(), ("text", "audio", "vision")) == {}
+    assert KuDA.stage_datasets(KuDAConfig(knowledge_source="multimodal"), ()) == {}
+
+
+def test_partial_knowledge_ratios_keep_a_fixed_share_for_the_modality_without_knowledge():
+    """Synthetic batch, knowledge for text only: audio and vision keep 1/3 of the weight each, text's ratio is 1/3
+    (the only knowledge modality takes all of the knowledge share)."""
+    model = create_model("kuda", DIMS, CFG, unimodal_labels=(), stage_modalities={"unimodal": ["text"]}).eval()
+    with torch.no_grad():
+        out = model(synthetic_batch())
+    torch.testing.assert_close(out.extras["ratio"], torch.full((5, 3), 1 / 3))
+
+
+def test_public_code_reference_uses_the_label_in_training_and_no_ratios_at_test():
+    model = build(ratio_reference="public_code")
+    b = synthetic_batch()
+    model.eval()
+    with torch.no_grad():
+        out = model(b)
+    assert (out.extras["ratio"] == 0).all()
+    torch.testing.assert_close(out.gates["modality"], torch.full((5, 3), 1 / 3))  # plain presence, normalised
+    model.train()
+    out = model(b)
+    torch.testing.assert_close(out.extras["reference_score"], b.y)

@@ -8,6 +8,7 @@ import pytest
 
 from dynafuse.metrics import (
     METRIC_KEYS,
+    MMSA_KEYS,
     aggregate,
     compute_class_metrics,
     compute_metrics,
@@ -25,7 +26,7 @@ LABEL_A = [1.0, 0.0, -0.6, -1.4, 2.2]
 
 def test_keys_types_and_json():
     m = compute_metrics(PRED_A, LABEL_A)
-    assert tuple(m) == METRIC_KEYS
+    assert tuple(m) == METRIC_KEYS + MMSA_KEYS[3.0]  # ours, then MMSA's conventions (tests/test_metrics_mmsa.py)
     assert all(type(v) is float for k, v in m.items() if k != "n")
     assert m["n"] == 5
     json.dumps(m, allow_nan=False)  # plain, finite, serialisable

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import DIMS, drop
+from conftest import DIMS, drop, synthetic_batch
 from dynafuse import losses
 from dynafuse.data.core import Batch
 from dynafuse.errors import ConfigError
@@ -31,7 +31,8 @@ def build(name: str, task: str = "regression", seed: int = 0, **cfg):
 
 
 def total_loss(model, out, batch, task):
-    loss = losses.task_loss(out.logits, batch.y, task, "l1")
+    """What the trainer minimises: task_weight(stage) * task loss + the model's weighted terms."""
+    loss = model.task_weight(model.stage) * losses.task_loss(out.logits, batch.y, task, "l1")
     for weight, term in model.loss_terms().values():
         loss = loss + weight * term(out, batch, task=task, kind="l1")
     return loss
@@ -206,10 +207,24 @@ def test_late_fusion_regression_is_the_mean_over_present_modalities(batch):
     torch.testing.assert_close(out.pred[0], uni[0].mean())
 
 
-def test_late_fusion_declares_its_unimodal_loss():
-    terms = build("late_fusion").loss_terms()
-    assert "unimodal" in terms and terms["unimodal"][1] is losses.unimodal_task_loss
+def test_late_fusion_heads_get_no_joint_loss():
+    """A0: separately trained classifiers. The task loss on the combined output has weight 0, so each head's
+    gradient comes from its own loss only (synthetic batch)."""
+    model = build("late_fusion")
+    terms = model.loss_terms()
+    assert list(terms) == ["unimodal"] and terms["unimodal"][1] is losses.per_modality_task_loss
+    assert model.task_weight("main") == 0.0 and build("early_fusion").task_weight("main") == 1.0
     assert build("early_fusion").loss_terms() == {}
+    b = synthetic_batch()
+    out = model.eval()(b)  # no dropout: the two passes below are the same function
+    total_loss(model, out, b, "regression").backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    text_only = losses.task_loss(model(b).unimodal["text"], b.y, "regression", "l1")
+    text_only.backward()
+    for n, p in model.named_parameters():  # the text head's gradient: its own loss / number of heads, nothing else
+        if n.startswith("heads.text."):
+            torch.testing.assert_close(grads[n], p.grad / 3)
 
 
 def test_unimodal_models_use_one_modality():
@@ -250,9 +265,9 @@ def test_score_to_class():
     assert losses.score_to_class(y).tolist() == [0, 0, 1, 1, 1, 2, 2]
 
 
-def test_unimodal_task_loss_uses_unimodal_labels_with_fallback():
-    """Synthetic outputs: y_text is used where known, the main label where it is NaN; audio (no
-    unimodal label) uses the main label on the samples that have audio."""
+def test_per_modality_task_loss_by_hand():
+    """Synthetic outputs: every head against the multimodal label (unimodal labels are not used), each on the
+    samples that have its modality."""
     y = torch.tensor([1.0, 2.0, -1.0])
     text = torch.tensor([[0.0], [0.0], [0.0]])
     audio = torch.tensor([[1.0], [5.0], [0.0]])
@@ -260,18 +275,17 @@ def test_unimodal_task_loss_uses_unimodal_labels_with_fallback():
     mask = {"text": torch.ones(3, 2, dtype=torch.bool), "audio": torch.tensor([[True], [False], [True]])}
     batch = Batch(x={}, mask=mask, y=y, index=torch.arange(3),
                   y_uni={"y_text": torch.tensor([0.5, float("nan"), -0.25])})
-    text_loss = (0.5 + 2.0 + 0.25) / 3  # |0 - 0.5|, |0 - 2| (fallback), |0 + 0.25|
+    text_loss = (1.0 + 2.0 + 1.0) / 3
     audio_loss = (0.0 + 1.0) / 2  # samples 0 and 2 only: |1 - 1|, |0 + 1|
-    got = losses.unimodal_task_loss(out, batch, task="regression", kind="l1")
+    got = losses.per_modality_task_loss(out, batch, task="regression", kind="l1")
     assert got.item() == pytest.approx((text_loss + audio_loss) / 2)
-    assert torch.isfinite(got)
 
 
-def test_unimodal_task_loss_with_nothing_present():
+def test_per_modality_task_loss_with_nothing_present():
     out = ModelOutput(pred=torch.zeros(2), logits=torch.zeros(2, 1, requires_grad=True),
                       unimodal={"audio": torch.zeros(2, 1)})
     batch = Batch(x={}, mask={"audio": torch.zeros(2, 1, dtype=torch.bool)}, y=torch.ones(2), index=torch.arange(2))
-    assert losses.unimodal_task_loss(out, batch).item() == 0.0
+    assert losses.per_modality_task_loss(out, batch).item() == 0.0
 
 
 def test_synthetic_batch_fixture_shape(make_batch):

@@ -65,7 +65,7 @@ def cmd_train(a):
         overrides.append(f"data.data_dir={a.data_dir}")
     if a.allow_pickle:
         overrides.append("data.options.allow_pickle=true")
-    cfg = build_config(a.model, a.dataset, overrides, a.config)
+    cfg = build_config(a.model, a.dataset, overrides, a.config, a.preset)
     out = Path(a.out or f"runs/{a.model}-{safe_name(a.dataset)}-s{a.seed}")
     metrics = train(cfg, out, resume=a.resume, force=a.force)
     if metrics:
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task", choices=["regression", "3class"])
     t.add_argument("--data-dir", help="folder of datasets (default $DYNAFUSE_DATA or ../shared/datasets)")
     t.add_argument("--config", help="a YAML file merged over the presets")
+    t.add_argument("--preset", help="a paper's own protocol, merged after the model's preset (e.g. 2501.08085: "
+                                    "MOSEI 3-class, cross-entropy, Adam)")
     t.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     t.add_argument("--force", action="store_true", help="overwrite a finished run")
     t.add_argument("--allow-pickle", action="store_true", help="allow loading a pickle file (it can run code)")

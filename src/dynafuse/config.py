@@ -4,7 +4,8 @@ A run's config is `RunConfig`: `variant`, `model` (the model family's own datacl
 (`DataConfig`) and `train` (`TrainConfig`). It is composed, in order, from
     the dataclass defaults <- configs/datasets/<dataset>.yaml <- configs/models/<model>.yaml (then its
     `datasets: {<dataset>: ...}` section) <- --config FILE <- key.path=value overrides.
-Presets hold only what differs from the defaults, each with where it comes from (a paper, or ours).
+Presets hold only what differs from the defaults, each with where it comes from (a paper, or ours). A named
+preset (`--preset NAME`, configs/presets/NAME.yaml) holds a paper's own protocol, merged after the model preset.
 
 Every layer is checked as it is merged: an unknown key (`model.dropuot=0.3`), a value of the wrong type
 (`train.lr=fast`), a section given a scalar (`train=5`) or a value out of its range (`train.lr=-1`,
@@ -19,7 +20,7 @@ import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -78,6 +79,10 @@ def check_ranges(obj, prefix: str = "", source: object = None) -> None:
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(value):
             check_ranges(value, key + ".", source)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if dataclasses.is_dataclass(v):
+                    check_ranges(v, f"{key}.{k}.", source)
         elif "check" in f.metadata and (why := _problem(value, f.metadata["check"])):
             raise ConfigError(f"{key}={value!r} is out of range: it {why}", source)
 
@@ -134,12 +139,26 @@ class DataConfig:
 
 
 @dataclass
+class StageTrainConfig:
+    """Settings of one training stage that differ from `train` (e.g. KuDA's stage 1 has its own lr); null: as
+    `train`."""
+
+    lr: Optional[float] = positive(None)
+    weight_decay: Optional[float] = at_least(None, 0.0)
+    max_epochs: Optional[int] = positive(None)
+    patience: Optional[int] = at_least(None, 0)
+    warmup_ratio: Optional[float] = in_range(None, 0.0, 1.0, high_open=True)
+    loss: Optional[str] = one_of(None, None, "l1", "mse")
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0
     max_epochs: int = positive(40)
     patience: int = at_least(8, 0, "early stopping on the valid split")
     monitor: str = "mae"  # the valid metric that selects the checkpoint (checked against the metric suite)
     loss: str = one_of("l1", "l1", "mse")
+    optimizer: str = one_of("adamw", "adamw", "adam", doc="adam: plain Adam, L2 weight decay (2501.08085 uses Adam)")
     lr: float = positive(3.0e-4, "chosen on MOSI valid MAE over 3 seeds (1e-3: 0.861, 3e-4: 0.850)")
     backbone_lr: float = positive(3.0e-5)
     weight_decay: float = at_least(1.0e-4, 0.0)
@@ -154,6 +173,16 @@ class TrainConfig:
     progress: bool = True
     init_from: Optional[str] = None  # a checkpoint whose matching weights start the run (KuDA's stage 1)
     skip_stages: List[str] = field(default_factory=list)
+    stages: Dict[str, StageTrainConfig] = field(default_factory=dict)  # per stage name: what differs from the above
+
+
+def stage_train(train: TrainConfig, stage: str) -> TrainConfig:
+    """`train` with the settings its `stages[stage]` section sets (a copy; the others unchanged)."""
+    over = train.stages.get(stage)
+    if over is None:
+        return train
+    return dataclasses.replace(train, **{f.name: getattr(over, f.name) for f in dataclasses.fields(over)
+                                         if getattr(over, f.name) is not None})
 
 
 @dataclass
@@ -255,16 +284,26 @@ def dataset_preset_name(dataset: str) -> str:
     return dataset.split(":", 1)[0] if ":" in dataset else dataset
 
 
+def presets() -> list[str]:
+    """The named presets shipped in configs/presets/ (`--preset NAME`): a paper's own protocol."""
+    return sorted(p.name[: -len(".yaml")] for p in (PRESETS / "presets").iterdir() if p.name.endswith(".yaml"))
+
+
 def compose(model_config: ModelConfig, model: str, dataset: str, overrides: list[str] | dict | None = None,
-            config_file=None) -> DictConfig:
-    """The typed run config of `model` on `dataset` (see the module docstring for the order of the layers)."""
+            config_file=None, preset: str | None = None) -> DictConfig:
+    """The typed run config of `model` on `dataset` (see the module docstring for the order of the layers; a
+    named `preset` comes after the model preset, before --config)."""
     cfg = OmegaConf.structured(RunConfig(model=model_config))
     data_preset = dataset_preset_name(dataset)
     cfg = merge_layer(cfg, read_yaml(PRESETS / "datasets" / f"{data_preset}.yaml"), f"dataset preset {data_preset}")
-    preset = read_yaml(PRESETS / "models" / f"{model}.yaml")
-    per_dataset = preset.pop("datasets", None) or {}
-    cfg = merge_layer(cfg, preset, f"model preset {model}")
+    model_preset = read_yaml(PRESETS / "models" / f"{model}.yaml")
+    per_dataset = model_preset.pop("datasets", None) or {}
+    cfg = merge_layer(cfg, model_preset, f"model preset {model}")
     cfg = merge_layer(cfg, per_dataset.get(data_preset) or {}, f"model preset {model}, datasets.{data_preset}")
+    if preset:
+        if preset not in presets():
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(presets())}")
+        cfg = merge_layer(cfg, read_yaml(PRESETS / "presets" / f"{preset}.yaml"), f"preset {preset}")
     if config_file:
         if not Path(config_file).exists():
             raise ConfigError("no such config file", config_file)

@@ -19,18 +19,14 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor, task: str = "regression", k
     return F.l1_loss(pred, y) if kind == "l1" else F.mse_loss(pred, y)
 
 
-def unimodal_task_loss(out, batch, task: str = "regression", kind: str = "l1") -> torch.Tensor:
-    """Mean task loss of each per-modality head on the samples that have the modality.
-
-    Uses the unimodal label (`y_text`...) where the dataset has it, the multimodal label elsewhere.
-    """
+def per_modality_task_loss(out, batch, task: str = "regression", kind: str = "l1") -> torch.Tensor:
+    """Mean over the per-modality heads (`out.unimodal`, each (B, 1) or (B, 3)) of each head's task loss against
+    the multimodal label, on the samples that have its modality: 2501.08085's separately trained classifiers."""
     terms = []
     for m, logits in out.unimodal.items():
         keep = batch.present(m)
-        y = batch.y_uni.get(f"y_{m}", batch.y)
-        y = torch.where(torch.isnan(y), batch.y, y)  # an unknown unimodal label falls back to the main one
         if keep.any():
-            terms.append(task_loss(logits[keep], y[keep], task, kind))
+            terms.append(task_loss(logits[keep], batch.y[keep], task, kind))
     return torch.stack(terms).mean() if terms else out.logits.sum() * 0.0
 
 

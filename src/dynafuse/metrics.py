@@ -32,13 +32,22 @@ Level binning (acc3, acc5, acc7, qwk, jump2, mean_abs_jump, confusion)
     A value exactly on a boundary goes to the upper level.
 
 Other metrics
-    mae: mean absolute error on the raw (unscaled) values.
+    mae: mean absolute error on the raw (unscaled) values; mse: mean squared error (what CrossSent selects on).
+    f1_has0_macro, f1_non0_macro: the same decisions as f1_has0 / f1_non0, unweighted mean over the two classes.
     corr: Pearson correlation; 0.0 when it is undefined (either side constant
         or fewer than two samples).
     qwk: quadratic weighted Cohen's kappa on the 7 levels; 0.0 when undefined
         (e.g. prediction and label both a single identical level).
     jump2: share (0..1) of samples whose 7-level prediction is off by >= 2 levels.
     mean_abs_jump: mean |level_pred - level_label| on the 7 levels.
+
+MMSA's conventions (`*_mmsa` keys, `mmsa_metrics`), so a number can stand beside a table made with MMSA
+(thuiar/MMSA, utils/metricsTop.py); ours above stay as documented:
+    [-3, 3] data: acc2/F1 has0 and non0 as ours; acc5_mmsa, acc7_mmsa round clip(x, -2, 2) / clip(x, -3, 3) with
+        numpy's half-to-even rounding (0.5 -> 0, 1.5 -> 2, -0.5 -> 0); mae and corr on the raw values.
+    [-1, 1] data (CH-SIMS): prediction and label are first clipped to [-1, 1]; acc2_mmsa is [-1, 0] vs (0, 1];
+        acc3_mmsa bins at -0.1 and 0.1 ([-1, -0.1], (-0.1, 0.1], (0.1, 1]); acc5_mmsa bins at -0.7, -0.1, 0.1,
+        0.7; f1_mmsa is the weighted F1 of the acc2_mmsa classes; mae_mmsa and corr_mmsa use the clipped values.
 """
 
 from __future__ import annotations
@@ -60,8 +69,11 @@ CLASS_LABELS = (-1, 0, 1)  # negative, neutral, positive
 
 METRIC_KEYS = (
     "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc3", "acc5", "acc7",
-    "mae", "corr", "qwk", "jump2", "mean_abs_jump", "n",
+    "mae", "corr", "qwk", "jump2", "mean_abs_jump", "mse", "f1_has0_macro", "f1_non0_macro", "n",
 )
+MMSA_KEYS = {3.0: ("acc2_has0_mmsa", "acc2_non0_mmsa", "f1_has0_mmsa", "f1_non0_mmsa", "acc5_mmsa", "acc7_mmsa",
+                   "mae_mmsa", "corr_mmsa"),
+             1.0: ("acc2_mmsa", "acc3_mmsa", "acc5_mmsa", "f1_mmsa", "mae_mmsa", "corr_mmsa")}
 
 
 def _as_1d(x, name: str) -> np.ndarray:
@@ -108,9 +120,9 @@ def _pct(value: float) -> float:
     return float(100.0 * value)
 
 
-def _weighted_f1(y_true, y_pred) -> float:
+def _weighted_f1(y_true, y_pred, average: str = "weighted") -> float:
     # zero_division=0: a class never predicted scores 0 instead of warning / NaN.
-    return float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+    return float(f1_score(y_true, y_pred, average=average, zero_division=0))
 
 
 def _pearson(p: np.ndarray, y: np.ndarray) -> float:
@@ -139,19 +151,22 @@ def compute_metrics(pred, label, value_range: float = 3.0) -> dict[str, float]:
     neg_p, neg_y = p < 0, y < 0
     out["acc2_has0"] = _pct(accuracy_score(neg_y, neg_p))
     out["f1_has0"] = _pct(_weighted_f1(neg_y, neg_p))
+    out["f1_has0_macro"] = _pct(_weighted_f1(neg_y, neg_p, "macro"))
 
     keep = y != 0
     if keep.any():
         pos_p, pos_y = p[keep] > 0, y[keep] > 0
         out["acc2_non0"] = _pct(accuracy_score(pos_y, pos_p))
         out["f1_non0"] = _pct(_weighted_f1(pos_y, pos_p))
+        out["f1_non0_macro"] = _pct(_weighted_f1(pos_y, pos_p, "macro"))
     else:
-        out["acc2_non0"] = out["f1_non0"] = 0.0
+        out["acc2_non0"] = out["f1_non0"] = out["f1_non0_macro"] = 0.0
 
     for n in (3, 5, 7):
         out[f"acc{n}"] = _pct(np.mean(levels(p, n, value_range) == levels(y, n, value_range)))
 
     out["mae"] = float(np.mean(np.abs(p - y)))
+    out["mse"] = float(np.mean((p - y) ** 2))
     out["corr"] = _pearson(p, y)
 
     lp, ly = levels(p, 7, value_range), levels(y, 7, value_range)
@@ -160,7 +175,40 @@ def compute_metrics(pred, label, value_range: float = 3.0) -> dict[str, float]:
     out["jump2"] = float(np.mean(jump >= 2))
     out["mean_abs_jump"] = float(np.mean(jump))
     out["n"] = int(p.size)
-    return {k: out[k] for k in METRIC_KEYS}
+    return {**{k: out[k] for k in METRIC_KEYS}, **mmsa_metrics(p, y, value_range)}
+
+
+SIMS_BOUNDS = {2: (0.0,), 3: (-0.1, 0.1), 5: (-0.7, -0.1, 0.1, 0.7)}  # MMSA's [-1, 1] bins, right-closed
+
+
+def _sims_bins(x: np.ndarray, n: int) -> np.ndarray:
+    """MMSA's [-1, 1] binning: class i holds (b_{i-1}, b_i], the first class includes -1 (in float32, as MMSA
+    compares its float32 tensors, so a value at a boundary lands where it lands there)."""
+    return np.searchsorted(np.asarray(SIMS_BOUNDS[n], np.float32), x.astype(np.float32), side="left")
+
+
+def mmsa_metrics(pred, label, value_range: float = 3.0) -> dict[str, float]:
+    """The metrics as MMSA's metricsTop computes them (see the module docstring), `_mmsa` keys, percentages."""
+    p, y = _check_pair(pred, label)
+    value_range = _check_value_range(value_range)
+    out: dict[str, float] = {}
+    if value_range == 3.0:
+        keep = y != 0
+        out["acc2_has0_mmsa"] = _pct(accuracy_score(y >= 0, p >= 0))
+        out["f1_has0_mmsa"] = _pct(_weighted_f1(y >= 0, p >= 0))
+        out["acc2_non0_mmsa"] = _pct(accuracy_score(y[keep] > 0, p[keep] > 0)) if keep.any() else 0.0
+        out["f1_non0_mmsa"] = _pct(_weighted_f1(y[keep] > 0, p[keep] > 0)) if keep.any() else 0.0
+        p32, y32 = p.astype(np.float32), y.astype(np.float32)  # MMSA rounds its float32 tensors, half to even
+        for n, h in ((5, 2.0), (7, 3.0)):
+            out[f"acc{n}_mmsa"] = _pct(np.mean(np.round(np.clip(p32, -h, h)) == np.round(np.clip(y32, -h, h))))
+        out["mae_mmsa"], out["corr_mmsa"] = float(np.mean(np.abs(p - y))), _pearson(p, y)
+    else:
+        p, y = np.clip(p, -1.0, 1.0), np.clip(y, -1.0, 1.0)
+        for n in (2, 3, 5):
+            out[f"acc{n}_mmsa"] = _pct(np.mean(_sims_bins(p, n) == _sims_bins(y, n)))
+        out["f1_mmsa"] = _pct(_weighted_f1(_sims_bins(y, 2), _sims_bins(p, 2)))
+        out["mae_mmsa"], out["corr_mmsa"] = float(np.mean(np.abs(p - y))), _pearson(p, y)
+    return {k: out[k] for k in MMSA_KEYS[value_range]}
 
 
 def compute_class_metrics(pred_class, label_class) -> dict[str, float]:

@@ -72,6 +72,15 @@ class Split:
                 raise DataError(f"{k} lengths out of range [0, {width}]", source)
 
 
+def fill_missing(split: Split, modality: str, dim: int) -> None:
+    """Give `split` the modality as missing for every sample: placeholders of the right kind under an all-false
+    mask (zeros (N, 1, dim) float, or (N, 1) token ids when dim is 0), the path every model takes for a missing
+    modality."""
+    shape = (len(split), 1) if dim == 0 else (len(split), 1, dim)
+    split.features[modality] = np.zeros(shape, dtype=np.int64 if dim == 0 else np.float32)
+    split.lengths[modality] = np.zeros(len(split), dtype=np.int64)
+
+
 def feature_stats(split: Split, m: str, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std over the valid steps of modality m (chunked: features may be memory-mapped)."""
     feats, lengths = split.features[m], split.lengths[m]
@@ -111,6 +120,11 @@ class Bundle:
     def feature_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Train-split mean/std of every float modality (token ids have none)."""
         return {m: feature_stats(self.reference, m) for m, d in self.input_dims().items() if d}
+
+    def unimodal_label_modalities(self) -> tuple[str, ...]:
+        """The modalities the reference split has at least one known (finite) unimodal label for."""
+        return tuple(m for m in MODALITIES if m in self.reference.unimodal
+                     and np.isfinite(np.asarray(self.reference.unimodal[m], dtype=np.float64)).any())
 
     def input_dims(self) -> dict[str, int]:
         """Feature dim per modality; text given as token ids reports 0 (the model's backbone decides)."""

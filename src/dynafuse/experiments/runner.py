@@ -12,6 +12,7 @@ grid:
   - models: [early_fusion, daf]
     datasets: [mosi, mosi-bclstm]
     task: regression           # or 3class
+    preset: 2501.08085         # optional: a named preset (`dynafuse train --preset`) for this block's cells
     overrides: [train.patience=4]   # optional: this block's cells only (after the global ones, before a variant's)
     variants:                  # optional: name -> overrides (ablations); "" is the plain model
       "": []
@@ -66,6 +67,7 @@ class Cell:
     overrides: list[str] = field(default_factory=list)
     evaluate: dict = field(default_factory=dict)
     folder: str = ""  # a fixed folder name under `out` (tuning trials), instead of DATASET/MODEL-...
+    preset: str = ""  # a named preset (`dynafuse train --preset`)
 
     def run_dir(self, out: Path) -> Path:
         if self.folder:
@@ -100,7 +102,7 @@ def expand(spec: dict) -> list[Cell]:
                     for seed in seeds:
                         cells.append(Cell(model, dataset, int(seed), entry.get("task", "regression"), variant or "",
                                           [*spec.get("overrides", []), *entry.get("overrides", []), *over],
-                                          dict(entry.get("evaluate") or {})))
+                                          dict(entry.get("evaluate") or {}), preset=entry.get("preset", "")))
     return cells
 
 
@@ -126,6 +128,8 @@ def steps(cell: Cell, out: Path, data_dir: str | None) -> list[tuple[str, list[s
             "--out", str(run), *cell.overrides]
     if cell.variant:
         args.append(f"variant={cell.variant}")
+    if cell.preset:
+        args += ["--preset", cell.preset]
     if data_dir:
         args += ["--data-dir", data_dir]
     if RunDir(run).started:

@@ -15,6 +15,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from ..data import load_dataset
+from ..data.core import fill_missing
 from ..errors import ConfigError, DynafuseError
 from ..metrics import score_metrics
 from ..training import RunDir, build_config, load_model, predict_batches, prepare_data
@@ -33,12 +34,6 @@ def target_config(cfg: DictConfig, target: str, data_dir=None, limit: int | None
     if limit:
         out.data.limit = int(limit)
     return out
-
-
-def _fill_missing(split, modality: str, dim: int) -> None:
-    """Zeros of the checkpoint's dimension under an all-false mask: the model's missing-modality path."""
-    split.features[modality] = np.zeros((len(split), 1, dim), dtype=np.float32)
-    split.lengths[modality] = np.zeros(len(split), dtype=np.int64)
 
 
 def source_ids(cfg: DictConfig, data_dir=None) -> dict[str, np.ndarray] | str:
@@ -74,7 +69,7 @@ def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | N
     split, have, missing = bundle.splits[SPLIT], bundle.input_dims(), []
     for m in lit.model.modalities:
         if m not in have:
-            _fill_missing(split, m, dims[m])
+            fill_missing(split, m, dims[m])
             missing.append(m)
         elif have[m] != dims[m]:
             raise ConfigError(f"modality {m!r} has dim {have[m]} in {target} but {dims[m]} in the checkpoint "

@@ -68,15 +68,16 @@ def model_config(name: str, overrides: dict | None = None) -> ModelConfig:
 
 
 def create_model(name: str, input_dims: dict[str, int], cfg: ModelConfig | DictConfig | dict | None = None,
-                 value_range: float = 3.0, backbone: str | None = None) -> "MSAModel":
-    """Build a registered model. `input_dims` maps modality -> feature dim (0: text as token ids);
-    `value_range` is the label scale R of [-R, R]; `backbone` the text backbone a token-id model runs."""
+                 **context) -> "MSAModel":
+    """Build a registered model. `input_dims` maps modality -> feature dim (0: text as token ids); `context` is
+    what the data tells the model (see `MSAModel.__init__`: value_range, backbone, unimodal_labels,
+    stage_modalities)."""
     entry = model_entry(name)
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_object(cfg)
     if not isinstance(cfg, ModelConfig):
         cfg = model_config(name, cfg)
-    return entry.cls(dict(input_dims), cfg, value_range=value_range, backbone=backbone)
+    return entry.cls(dict(input_dims), cfg, **context)
 
 
 def list_models() -> dict[str, str]:
@@ -115,9 +116,15 @@ class MSAModel(nn.Module):
     gate_names: dict[str, tuple[str, ...]] = {}  # a gate that does not weigh modalities: its column names
 
     def __init__(self, input_dims: dict[str, int], cfg: ModelConfig, value_range: float = 3.0,
-                 backbone: str | None = None):
+                 backbone: str | None = None, unimodal_labels=(), stage_modalities: dict | None = None):
+        """`value_range`: labels lie in [-R, R]; `backbone`: the text backbone a token-id model runs;
+        `unimodal_labels`: the modalities the data has its own unimodal labels for; `stage_modalities`: per
+        stage trained on another dataset (`stage_datasets`), the modalities that dataset provides with this run's
+        feature spec. The trainer records this context in run.json so a finished run rebuilds the same model."""
         super().__init__()
         self.cfg = cfg
+        self.unimodal_labels = tuple(unimodal_labels)
+        self.stage_modalities = {k: tuple(v) for k, v in (stage_modalities or {}).items()}
         self.task = cfg.task
         self.out_dim = 1 if self.task == "regression" else 3
         self.value_range = float(value_range)
@@ -184,6 +191,15 @@ class MSAModel(nn.Module):
         return [name] if width == 1 else [str(i) for i in range(width)]
 
     def loss_terms(self) -> dict[str, tuple[float, LossTerm]]:
+        return {}
+
+    @classmethod
+    def stage_datasets(cls, cfg: ModelConfig, unimodal_labels) -> dict[str, str]:
+        """Stages trained on another dataset than the run's ({stage: dataset name}); none by default."""
+        return {}
+
+    def run_info(self) -> dict:
+        """What the run folder's run.json should record about this model beyond its config (and print)."""
         return {}
 
     def task_weight(self, stage: str) -> float:

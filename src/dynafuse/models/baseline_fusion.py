@@ -1,11 +1,15 @@
 """The baselines of arXiv 2501.08085: early, late and multi-head-attention fusion over per-modality transformers.
 
 Each modality has its own `ModalityEncoder` (the paper's ModalityTransformer). The fusion strategies:
-- A0 late fusion: one head per modality; regression averages their scores, the 3-class task takes a
-  majority vote (ties go to the highest mean probability);
+- A0 late fusion: separately trained classifiers, one head per modality, each on its own loss only (no loss on
+  their combination); regression averages their scores, the 3-class task takes a majority vote (ties go to the
+  highest mean probability);
 - A1 early fusion: concatenate the final states, then one head;
-- A2 multi-head attention: self-attention over the modality states, then one head.
-A unimodal model is early fusion over a single modality.
+- A2 multi-head attention, "learned weights" over the modalities: multi-head self-attention over the modality
+  states, then a learned query pools them with one softmax weight per modality (those weights are the
+  `gates["modality"]` written out: the weights that combine the modalities), then one head.
+A unimodal model is early fusion over a single modality. The paper's own task (CMU-MOSEI, 3 classes,
+cross-entropy, Adam) is the preset `--preset 2501.08085`.
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ class BaselineFusion(MSAModel):
         elif self.fusion == "attention":
             self.attn = nn.MultiheadAttention(d, cfg.fusion_heads, dropout=drop, batch_first=True)
             self.norm = nn.LayerNorm(d)
+            # one head and no attention dropout: its softmax weights are exactly how the modalities are combined
+            self.pool_query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+            self.pool = nn.MultiheadAttention(d, 1, batch_first=True)
             self.head = Head(d, self.out_dim, dropout=drop)
 
     def forward(self, batch) -> ModelOutput:
@@ -88,9 +95,10 @@ class BaselineFusion(MSAModel):
         avail = keep_one_key(torch.stack([present[m] for m in self.modalities], dim=1))  # nothing: a zero token
         h, attn = self.attn(tokens, tokens, tokens, key_padding_mask=~avail, need_weights=True)
         h = self.norm(h + tokens)
-        fused = (h * avail.unsqueeze(-1)).sum(1) / avail.sum(1, keepdim=True)
+        pooled, w = self.pool(self.pool_query.expand(len(h), -1, -1), h, h, key_padding_mask=~avail)
+        fused = pooled.squeeze(1)
         logits = self.head(fused)
-        gates = {"modality": attn.mean(1)}  # (B, M): attention each modality receives, averaged over queries
+        gates = {"modality": w.squeeze(1)}  # (B, M): the pool's softmax weight of each modality state
         return ModelOutput(pred=self.to_pred(logits), logits=logits, fused=fused, gates=gates,
                            attention={"modality": attn})
 
@@ -104,7 +112,7 @@ class BaselineFusion(MSAModel):
         else:
             probs = stack.softmax(-1)
             mean_prob = (probs * w.unsqueeze(-1)).sum(1)
-            logits = mean_prob.clamp_min(1e-8).log()  # trained on the mean probability
+            logits = mean_prob.clamp_min(1e-8).log()  # the combined output (no loss is taken on it)
             votes = (nn.functional.one_hot(stack.argmax(-1), 3).float() * w.unsqueeze(-1)).sum(1)
             pred = (votes + 1e-3 * mean_prob).argmax(-1) - 1  # majority vote; ties by mean probability
         return ModelOutput(pred=pred, logits=logits, unimodal=uni, gates={"modality": w})
@@ -112,5 +120,9 @@ class BaselineFusion(MSAModel):
     def loss_terms(self):
         if self.fusion != "late":
             return {}
-        # Late fusion trains every modality's head on its own, as independent classifiers would be.
-        return {"unimodal": (self.cfg.unimodal_weight, losses.unimodal_task_loss)}
+        # Late fusion trains every modality's head on its own loss, as separately trained classifiers would be.
+        return {"unimodal": (self.cfg.unimodal_weight, losses.per_modality_task_loss)}
+
+    def task_weight(self, stage: str) -> float:
+        """Late fusion takes no loss on the combined output (A0: separately trained classifiers, then a vote)."""
+        return 0.0 if self.fusion == "late" else 1.0

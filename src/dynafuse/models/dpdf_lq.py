@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, at_least, positive
+from ..config import ModelConfig, at_least, one_of, positive
 from ..errors import ConfigError
 from .base import ModelOutput, MSAModel, register_model
-from .blocks import CrossAttention, ModalityEncoder, SinusoidalPositions, SoftmaxGate
+from .blocks import CrossAttention, ModalityEncoder, SinusoidalPositions, SoftmaxGate, presence_weights
 
 # --------------------------------------------------------------------------- global path
 
@@ -148,6 +148,36 @@ class StandardQueryAttention(nn.Module):
         return lq, gate, maps
 
 
+class AHLLayer(nn.Module):
+    """Table 2's "DGLQA -> AHL": ALMT's Adaptive Hyper-modality Learning layer (Zhang et al., 2023). The text tokens
+    of this layer query each other modality, and the outputs are added to the hyper-modality (here the learnable
+    query), with no modality gate and no channel attention: H^j = H^{j-1} + sum_m Attn(h_t^j, h_m, h_m). Its
+    "gate" is the plain share of each present non-text modality (B, M), text 0."""
+
+    def __init__(self, d: int, modalities: list[str], heads: int, dropout: float, reduction: int = 4):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.anchor = "text" if "text" in modalities else self.modalities[0]
+        self.others = [m for m in self.modalities if m != self.anchor]
+        self.norm_q = nn.LayerNorm(d)
+        self.attn = nn.ModuleDict({m: nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+                                   for m in self.others})
+
+    def forward(self, lq: torch.Tensor, tokens: dict[str, torch.Tensor], present: torch.Tensor):
+        q = self.norm_q(tokens[self.anchor])
+        maps = {}
+        for i, m in enumerate(self.modalities):
+            if m in self.others:
+                h, maps[m] = self.attn[m](q, tokens[m], tokens[m], need_weights=True)
+                lq = lq + h * present[:, i, None, None]  # a missing modality adds nothing
+        share = present.float() * torch.tensor([m in self.others for m in self.modalities], device=present.device)
+        gate = share / share.sum(1, keepdim=True).clamp_min(1.0)
+        return lq, gate, maps
+
+
+QUERY_ATTENTION = {"dglqa": DGLQALayer, "standard": StandardQueryAttention, "ahl": AHLLayer}
+
+
 class DepthwiseConvBlock(nn.Module):
     """Eq. 20: depthwise conv (kernel 3) along the query tokens, then GELU and batch norm."""
 
@@ -263,7 +293,9 @@ class DPDFLQConfig(ModelConfig):
     hidden: int = positive(256)  # hidden dimension (Table 3): feed-forward width and path-gate FC (Eq. 32)
     query_len: int = positive(8)  # learnable query length l_t (Table 3; also the number of global tokens, Eq. 3)
     dglqa_depth: int = positive(3)  # DGLQA depth n (Table 3); the text encoder has n-1 layers (Eq. 4)
-    gpath_ca_depth: int = positive(2)  # GPath CA depth (Table 3; 4 on MOSEI)
+    # GPath CA depth: Table 3 says 2 on MOSI and 4 on MOSEI, but A.2 (Fig. 7) finds 2 optimal on both datasets
+    # and MOSEI insensitive to it; we follow the ablation evidence and use 2 everywhere (also half the cost)
+    gpath_ca_depth: int = positive(2)
     lpath_ca_depth: int = positive(2)  # LPath CA depth (Table 3)
     reduction: int = positive(4)  # channel-attention reduction ratio r (Eq. 17)
     conv_kernel: int = positive(3)  # depthwise conv kernel (Eq. 20) and spatial-attention kernel (Eq. 26)
@@ -271,7 +303,12 @@ class DPDFLQConfig(ModelConfig):
     global_path: bool = True  # false: "w/o GPath"
     local_path: bool = True  # false: "w/o LPath"
     path_gate: bool = True  # false: "w/o Gate", the two paths are averaged
-    dglqa: bool = True  # false: "DGLQA -> Std.A", one standard attention of the query over all tokens
+    # how the learnable query attends to the modalities: dglqa (Eq. 5-19) | standard ("DGLQA -> Std.A": one
+    # attention over all tokens) | ahl ("DGLQA -> AHL": ALMT's text-queried hyper-modality) | none ("w/o DGLQA":
+    # the query never sees the modality tokens)
+    query_attention: str = one_of("dglqa", "dglqa", "standard", "ahl", "none")
+    gpath_ca: bool = True  # false: "w/o GPath CA", f_global is the mean of LQ'' (no Eq. 21-25 cross-attention)
+    swap_ca: bool = False  # true: "LPath CA <-> GPath CA", each path's cross-attention flow reversed (see below)
 
 
 @register_model("dpdf_lq", "DPDF-LQ: global (DGLQA learnable query) and local (cross-modal) paths, gated")
@@ -287,7 +324,7 @@ class DPDFLQ(MSAModel):
         d, heads, drop = cfg.d_model, cfg.heads, cfg.dropout
         hidden, layers = cfg.hidden, cfg.layers
         self.use_global, self.use_local = cfg.global_path, cfg.local_path
-        self.use_path_gate, self.use_dglqa = cfg.path_gate, cfg.dglqa
+        self.use_path_gate, self.query_attention = cfg.path_gate, cfg.query_attention
         if not (self.use_global or self.use_local):
             raise ConfigError("dpdf_lq needs global_path or local_path (or both)")
         self.anchor = "text" if "text" in self.modalities else self.modalities[0]
@@ -295,18 +332,20 @@ class DPDFLQ(MSAModel):
 
         if self.use_global:
             n_tokens, depth = cfg.query_len, cfg.dglqa_depth
+            seen = self.input_dims if self.query_attention != "none" else {self.anchor: self.input_dims[self.anchor]}
             self.global_tokens = nn.ModuleDict({m: GlobalTokenTransformer(dim, d, n_tokens, layers, heads, hidden, drop)
-                                                for m, dim in self.input_dims.items()})
+                                                for m, dim in seen.items()})  # w/o DGLQA only the text is read
             self.text_encoder = TextEncoder(d, depth - 1, heads, hidden, drop)
             self.query = nn.Parameter(torch.randn(1, n_tokens, d) * 0.02)  # LQ_0
-            block = DGLQALayer if self.use_dglqa else StandardQueryAttention
+            block = QUERY_ATTENTION.get(self.query_attention)
             self.dglqa = nn.ModuleList(block(d, self.modalities, heads, drop, cfg.reduction)
-                                       for _ in range(depth))
+                                       for _ in range(depth)) if block else nn.ModuleList()
             self.dwconv = DepthwiseConvBlock(d, cfg.conv_kernel)
-            ca_depth = cfg.gpath_ca_depth
-            self.text_ca = CrossModalTransformer(d, ca_depth, heads, hidden, drop)  # Eq. 21
-            self.adaptive_gate = AdaptiveGate(d)
-            self.global_ca = CrossModalTransformer(d, ca_depth, heads, hidden, drop)  # Eq. 25
+            if cfg.gpath_ca:
+                ca_depth = cfg.gpath_ca_depth
+                self.text_ca = CrossModalTransformer(d, ca_depth, heads, hidden, drop)  # Eq. 21
+                self.adaptive_gate = AdaptiveGate(d)
+                self.global_ca = CrossModalTransformer(d, ca_depth, heads, hidden, drop)  # Eq. 25
         if self.use_local:
             if "vision" in self.input_dims:
                 self.spatial = SpatialAttention(self.input_dims["vision"], cfg.conv_kernel)
@@ -318,24 +357,35 @@ class DPDFLQ(MSAModel):
         self.head = nn.Linear(d, self.out_dim)  # Eq. 35
 
     def global_path(self, inputs, present, attention, extras) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = {m: self.global_tokens[m](x, mask) for m, (x, mask) in inputs.items()}  # Eq. 1-3
+        tokens = {m: self.global_tokens[m](x, mask) for m, (x, mask) in inputs.items() if m in self.global_tokens}
         text = self.text_encoder(tokens[self.anchor])  # Eq. 4: [h_t^0 .. h_t^{n-1}]
         lq = self.query.expand(len(present), -1, -1)
-        gates = []
+        gates, maps = [], {}
         for i, layer in enumerate(self.dglqa):  # layer i sees text layer i-1 (Eq. 5)
             lq, gate, maps = layer(lq, {**tokens, self.anchor: text[i]}, present)
             gates.append(gate)
         attention.update({f"dglqa_{m}": a for m, a in maps.items()})
         lq = self.dwconv(lq)  # Eq. 20
-        ht = text[-1]
-        always = present.new_ones(ht.shape[:2])
-        f, attention["text_ca"] = self.text_ca(lq, always, ht, always)  # Eq. 21
-        lq, g = self.adaptive_gate(lq, ht, f)  # Eq. 22-24
-        f_global, attention["global_ca"] = self.global_ca(lq, always, ht, always)  # Eq. 25
-        extras["adaptive_gate"] = g.mean((1, 2))
+        if not self.cfg.gpath_ca:  # "w/o GPath CA": the query itself, pooled
+            f_global = lq.mean(1)
+        else:
+            ht = text[-1]
+            always = present.new_ones(ht.shape[:2])
+            # Eq. 21: the text (target) attends to the query (source); `swap_ca` reverses the flow
+            f, attention["text_ca"] = self.cross(self.text_ca, lq, always, ht, always)
+            lq, g = self.adaptive_gate(lq, ht, f)  # Eq. 22-24
+            f_global, attention["global_ca"] = self.cross(self.global_ca, lq, always, ht, always)  # Eq. 25
+            extras["adaptive_gate"] = g.mean((1, 2))
+        if not gates:  # "w/o DGLQA": no modality gate; report the plain share of the present modalities
+            return f_global, presence_weights(present)
         gates = torch.stack(gates, 1)  # (B, n_layers, M)
         extras["modality_gate_layers"] = gates
         return f_global, gates.mean(1)
+
+    def cross(self, block: "CrossModalTransformer", src, src_mask, tgt, tgt_mask):
+        """A path's cross-attention, target attending to source; "LPath CA <-> GPath CA" (`swap_ca`) reverses the
+        flow (the source attends to the target), which swaps the direction each path uses."""
+        return block(tgt, tgt_mask, src, src_mask) if self.cfg.swap_ca else block(src, src_mask, tgt, tgt_mask)
 
     def local_path(self, inputs, attention) -> torch.Tensor:
         seq, mask = {}, {}
@@ -346,7 +396,11 @@ class DPDFLQ(MSAModel):
             mask[m] = mk
         tgt = torch.cat([seq[m] for m in self.others], 1) if self.others else None  # Eq. 29
         tgt_mask = torch.cat([mask[m] for m in self.others], 1) if self.others else None
-        f_local, attention["local_ca"] = self.local_ca(seq[self.anchor], mask[self.anchor], tgt, tgt_mask)  # Eq. 30
+        if tgt is None:  # text only: the [CLS] token alone attends to the text
+            f_local, attention["local_ca"] = self.local_ca(seq[self.anchor], mask[self.anchor])
+        else:  # Eq. 30: audio+vision (target) attend to the text (source); `swap_ca` reverses the flow
+            f_local, attention["local_ca"] = self.cross(self.local_ca, seq[self.anchor], mask[self.anchor], tgt,
+                                                        tgt_mask)
         return f_local
 
     def forward(self, batch) -> ModelOutput:

@@ -4,32 +4,40 @@ Two stages, run in order by one `dynafuse train --model kuda`:
 
 1. "unimodal", knowledge injection (Sec. 3.2). Each modality has an encoder, a stack of adapters plugged outside
    it (adapter i reads the running knowledge plus the encoder's i-th hidden state), and a decoder that predicts
-   that modality's own sentiment. The loss is the unimodal task loss on `label_T/A/V` where the data has them
-   (SIMSv2), the multimodal label elsewhere; the multimodal task loss has weight 0.
-2. "fusion". The unimodal predictions become sentiment ratios R_m (Sec. 3.3, exp(-k x) normalised), which weight
-   each modality's cross-modal attention output inside `fusion_layers` dynamic attention fusion blocks. The
-   correlation-estimation loss (CPC / InfoNCE, Sec. 3.4) ties the fused representation to each unimodal one.
-   Loss = task + alpha * CE. As in the reference code, the adapters and decoders are frozen and the encoders
-   keep training (`freeze: knowledge`).
+   that modality's own sentiment, trained on *unimodal* labels (the multimodal task loss has weight 0):
+   - the data's own `label_T/A/V` where it has them for every modality (CH-SIMS, CH-SIMSv2);
+   - otherwise those of an external dataset (`knowledge_dataset`, default CH-SIMSv2, as the public code
+     pretrains on it): stage 1 then trains on that dataset, for each modality it provides with this run's feature
+     spec (text: its transcripts through the same backbone; labels rescaled to the target's range). A modality
+     with no source gets no adapters and no decoder, and the run prints and records where each modality's
+     knowledge came from (run.json `model_info.knowledge`). It never falls back to the multimodal label; that
+     variant is the named ablation `knowledge_source: multimodal`.
+2. "fusion". The unimodal predictions become sentiment ratios R_m (Sec. 3.3, exp(-k x) normalised), and each
+   modality's cross-modal attention output is weighted by p_m (1 + R_m) inside `fusion_layers` dynamic attention
+   fusion blocks. The correlation-estimation loss (CPC / InfoNCE, Sec. 3.4) ties the fused representation to each
+   unimodal one. Loss = task + alpha * CE. As in the reference code, the adapters and decoders are frozen and the
+   encoders keep training (`freeze: knowledge`). `gates["modality"]` is p_m (1 + R_m) normalised over the
+   modalities: the weights the fusion applies. A modality without knowledge keeps a fixed share (see
+   `sentiment_ratios`).
 
-Text. By default the data gives frozen MiniLM token states. Then the text encoder is a trainable ModalityEncoder
-with adapters over its layers, the same as audio and vision. The preset uses this path because it is cheap on a
-CPU. With `data.text.finetune=true` (token ids), the MiniLM backbone runs inside the model but stays frozen, as
-KuDA freezes BERT. The text adapters read the backbone's intermediate layers (the reference reads BERT layers
-3/6/9/11). No gradient goes through the backbone: it costs its forward pass (~20 s/epoch on MOSI) and saves the
-~60 s/epoch backward that fine-tuning needs.
+Text. By default the data gives frozen MiniLM token states: the text encoder is then a trainable ModalityEncoder
+with adapters over its layers, the same as audio and vision (cheap on a CPU). With `data.text.finetune=true`
+(token ids) the backbone runs inside the model and the text adapters read its intermediate layers (the reference
+reads BERT layers 3/6/9/11). The backbone is frozen in stage 1; the reference also fine-tunes it in stage 2,
+which here is the option `finetune_backbone: true` (at `train.backbone_lr`).
 
 Where this departs from the reference code (MKMaS-GUET/KuDA), and why:
 - The sentiment score that x is measured against. The reference uses x_m = (s_m - y)^2 with the ground-truth
-  multimodal label y while training, and uses no ratios at test time. Here s_M comes from a small head on the
-  knowledge states, trained in stage 1 (`ratio_reference: estimate`), and is used the same way when training
-  and testing. `ratio_reference: label` gives the reference's behaviour (label when training, the estimate when
-  evaluating). `consensus` gives the mean unimodal score; with two modalities every ratio is then 0.5.
+  multimodal label y while training, and no ratios at test time: that is `ratio_reference: public_code`. Our
+  default (`estimate`) learns s_M with a small head on the knowledge states in stage 1 and uses it the same way in
+  training and testing. `label`: the label in training, the estimate at test; `consensus`: the mean unimodal score.
 - The reference scales each cross-attention output by (1 + R_m) *before* a per-modality LayerNorm. LayerNorm
   removes a per-sample scale, so there its ratios change nothing. Here the weight is applied after the norm.
 - Length alignment. The reference maps every modality onto the text length with a Linear over time steps
   (fixed lengths, no masks). Here a few learned query tokens attend to each modality under its mask.
 - The adapters are blocks.Adapter (a bottleneck MLP). The reference adapter has a 2-layer transformer inside.
+- Sizes: the reference's hidden size 256, 8 heads and 4 encoder layers cost ~8x per epoch on a CPU; the preset
+  keeps 64 / 4 / 2 (configs/models/kuda.yaml says where each value comes from).
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ from torch import nn
 
 from .. import losses
 from ..config import ModelConfig, at_least, one_of, positive
+from ..data.core import MODALITIES, UNIMODAL_KEYS
+from ..data.tables import UNI_COLUMNS as UNI_LABEL
 from .base import ModelOutput, MSAModel, register_model
 from .blocks import (
     Adapter,
@@ -66,11 +76,17 @@ class KuDAConfig(ModelConfig):
     k: float = at_least(0.1, 0.0, "exp(-k x), x = squared score gap (reference: calculate_ratio_senti(k=0.1))")
     alpha: float = at_least(0.1, 0.0, "correlation-estimation weight (reference train.py: mse + 0.1 * nce)")
     ce_temperature: float = positive(1.0, "InfoNCE on cosine similarity without a temperature, as the CPC")
-    ratio_reference: str = one_of("estimate", "estimate", "label", "consensus",
+    ratio_reference: str = one_of("estimate", "estimate", "public_code", "label", "consensus",
                                   doc="the score the ratios measure against (see the module docstring)")
     freeze: str = one_of("knowledge", "knowledge", "all", "none", doc="what stage 2 freezes (reference: knowledge)")
     fusion_unimodal_weight: float = at_least(0.0, 0.0, "unimodal losses kept in stage 2 (the paper: none)")
     knowledge: bool = True  # ablation w/o knowledge injection: no adapters/decoders, no stage 1, uniform ratios
+    # Sec. 3.2 learns each modality's knowledge from unimodal labels: the data's own label_T/A/V, else (auto) those
+    # of `knowledge_dataset`, as the public code pretrains on CH-SIMSv2. "multimodal" is the named ablation that
+    # trains the decoders on the multimodal label instead.
+    knowledge_source: str = one_of("auto", "auto", "multimodal")
+    knowledge_dataset: str = "simsv2"
+    finetune_backbone: bool = False  # token-id text only: fine-tune the backbone in stage 2 (the public code does)
     dynamic: bool = True  # ablation static attention: ratios fixed uniform
     ce_loss: bool = True  # ablation w/o CE loss: alpha = 0
 
@@ -219,18 +235,33 @@ def set_trainable(modules, flag: bool) -> None:
                 p.requires_grad = flag
 
 
-@register_model("kuda", "KuDA (2410.04491): adapters + unimodal decoders (stage 1), sentiment-ratio dynamic "
-                "attention fusion + correlation-estimation loss (stage 2)")
+@register_model("kuda", "KuDA (2410.04491): adapters + unimodal decoders trained on unimodal labels (stage 1), "
+                "sentiment-ratio dynamic attention fusion + correlation-estimation loss (stage 2)")
 class KuDA(MSAModel):
-    """KuDA over a Batch: ModelOutput with unimodal logits, `gates["modality"]` (B, M: the sentiment ratios R),
-    the fused representation and the cross-modal attention maps. Two stages: "unimodal", then "fusion"."""
+    """KuDA over a Batch: ModelOutput with unimodal logits, `gates["modality"]` (B, M: the normalised multipliers
+    the fusion applies, see `modality_weights`), the fused representation and the cross-modal attention maps.
+    Two stages: "unimodal" (knowledge injection), then "fusion".
+
+    `knowledge_modalities` are the modalities whose knowledge has a source (see `knowledge_plan`); the others get
+    no adapters and no decoder. `knowledge_sources` says, per modality, where its knowledge comes from."""
 
     Config = KuDAConfig
     stages = ("unimodal", "fusion")
 
+    @classmethod
+    def stage_datasets(cls, cfg: KuDAConfig, unimodal_labels) -> dict[str, str]:
+        """Stage 1 trains on `knowledge_dataset` when the target data lacks unimodal labels for a modality
+        (knowledge_source auto); on the target itself otherwise."""
+        mods = cfg.modalities or MODALITIES
+        if cfg.knowledge and cfg.knowledge_source == "auto" and not set(mods) <= set(unimodal_labels):
+            return {"unimodal": cfg.knowledge_dataset}
+        return {}
+
     def __init__(self, input_dims: dict[str, int], cfg: KuDAConfig, **context):
         super().__init__(input_dims, cfg, **context)
-        self.knowledge = cfg.knowledge  # false: no adapters/decoders, no stage 1, uniform ratios
+        self.knowledge_sources = self.knowledge_plan()
+        self.knowledge_modalities = [m for m in self.modalities if self.knowledge_sources[m]["source"] != "none"]
+        self.knowledge = bool(self.knowledge_modalities)  # nothing to inject: no adapters/decoders, no stage 1
         self.dynamic = cfg.dynamic and self.knowledge  # false: static attention, ratios uniform
         if not self.knowledge:
             self.stages = ("fusion",)
@@ -239,64 +270,108 @@ class KuDA(MSAModel):
         self.ce_temperature = cfg.ce_temperature
         self.ratio_reference = cfg.ratio_reference
         self.freeze = cfg.freeze
-        if self.text_backbone is not None:  # KuDA freezes the language model and trains adapters over its layers
+        if self.text_backbone is not None:  # adapters read the language model's layers (reference: BERT 3/6/9/11)
             set_trainable([self.text_backbone], False)
             n_layers, n = self.text_backbone.encoder.config.num_hidden_layers, cfg.text_adapters
             self.text_taps = [round(i * n_layers / n) for i in range(n + 1)]  # e.g. 0, 2, 4, 6 for MiniLM-L6
         self.encoders = nn.ModuleDict({
             m: UnimodalKnowledgeEncoder(d, cfg, self.out_dim, external=(m == "text" and self.text_backbone is not None),
-                                        knowledge=self.knowledge)
+                                        knowledge=m in self.knowledge_modalities)
             for m, d in self.input_dims.items()})
         dims = {m: e.out_dim for m, e in self.encoders.items()}
         # The multimodal score the ratios measure against, learnt in stage 1 from the (detached) knowledge states.
-        self.estimate = (Head(sum(dims.values()), self.out_dim, hidden=cfg.d_model, dropout=cfg.dropout)
-                         if self.dynamic and self.ratio_reference != "consensus" else None)
+        self.estimate = (Head(sum(dims[m] for m in self.knowledge_modalities), self.out_dim, hidden=cfg.d_model,
+                              dropout=cfg.dropout)
+                         if self.dynamic and self.ratio_reference in ("estimate", "label") else None)
         self.fusion = DynamicAttentionFusion(dims, cfg)
         self.head = Head(cfg.d_model, self.out_dim, dropout=cfg.dropout)
+
+    def knowledge_plan(self) -> dict[str, dict]:
+        """Per modality, where stage 1's knowledge comes from (Sec. 3.2 learns it from unimodal labels):
+        - "own": the data's own unimodal label (label_T/A/V), when it has one for every modality the model uses;
+        - "external": the unimodal label of `knowledge_dataset` (stage 1 trains on it), for each modality whose
+          features that dataset provides with this run's spec (text: its transcripts through the same backbone);
+        - "multimodal": the named ablation `knowledge_source: multimodal`, decoders on the multimodal label;
+        - "none": no source; the modality gets no knowledge injection.
+        Never falls back to the multimodal label on its own."""
+        cfg = self.cfg
+        if not cfg.knowledge:
+            return {m: {"source": "none", "why": "ablation w/o knowledge injection"} for m in self.modalities}
+        if cfg.knowledge_source == "multimodal":
+            return {m: {"source": "multimodal", "label": "the multimodal label (ablation)"} for m in self.modalities}
+        if set(self.modalities) <= set(self.unimodal_labels):
+            return {m: {"source": "own", "label": UNI_LABEL[m]} for m in self.modalities}
+        external = self.stage_modalities.get("unimodal", ())
+        return {m: ({"source": "external", "dataset": cfg.knowledge_dataset, "label": UNI_LABEL[m]} if m in external
+                    else {"source": "none", "why": f"{cfg.knowledge_dataset} has no {m} features of this run's spec"})
+                for m in self.modalities}
+
+    def run_info(self) -> dict:
+        return {"knowledge": self.knowledge_sources}
 
     # ------------------------------------------------------------------ inputs
     def inputs(self, batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The base class's inputs, except that text token ids stay ids.
 
-        `backbone_states` runs the frozen backbone, so its intermediate layers can feed the adapters.
+        `backbone_states` runs the backbone, so its intermediate layers can feed the adapters.
         """
         return super().inputs(batch, run_backbone=False)
 
     def backbone_states(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        with torch.no_grad():  # frozen: nothing to learn there, and no backward pass to pay for
+        tuned = self.cfg.finetune_backbone and self.stage == "fusion"
+        with torch.set_grad_enabled(tuned and torch.is_grad_enabled()):  # frozen: no backward pass to pay for
             hs = self.text_backbone.encoder(input_ids=ids, attention_mask=mask.long(),
                                             output_hidden_states=True).hidden_states
         return hs[-1], [hs[i] for i in self.text_taps]
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.text_backbone is not None:
+        if self.text_backbone is not None and not (self.cfg.finetune_backbone and self.stage == "fusion"):
             self.text_backbone.eval()  # frozen: its features should not carry dropout noise
         return self
 
     # ------------------------------------------------------------------ forward
     def sentiment_ratios(self, uni: dict, pooled: dict, present: torch.Tensor, batch, extras: dict) -> torch.Tensor:
+        """Sec. 3.3: R (B, M) over the modalities with knowledge; a modality without knowledge keeps a fixed
+        share 1/M of the weight, the others split the rest by their ratios. None (B, M) of zeros: no ratios."""
+        k_idx = [self.modalities.index(m) for m in self.knowledge_modalities]
+        k_present = present[:, k_idx]
         if not self.dynamic:  # static attention: every present modality counts the same
             return masked_softmax(torch.zeros(present.shape, device=present.device), present)
+        if self.ratio_reference == "public_code" and not self.training:  # the public code uses no ratios at test
+            return torch.zeros(present.shape, device=present.device)
         # The knowledge guides the fusion; the fusion loss does not bend the unimodal predictions to suit it.
-        scores = torch.stack([self.score(uni[m]) for m in self.modalities], 1).detach()
+        scores = torch.stack([self.score(uni[m]) for m in self.knowledge_modalities], 1).detach()
         est = None
         if self.estimate is not None:
-            est = self.estimate(torch.cat([pooled[m] for m in self.modalities], -1).detach())
+            est = self.estimate(torch.cat([pooled[m] for m in self.knowledge_modalities], -1).detach())
             extras["estimate_logits"] = est
         if self.ratio_reference == "consensus":
-            ref = (scores * present).sum(1) / present.sum(1).clamp(min=1)
-        elif self.ratio_reference == "label" and self.training:  # the reference code's teacher forcing
+            ref = (scores * k_present).sum(1) / k_present.sum(1).clamp(min=1)
+        elif self.ratio_reference in ("label", "public_code") and self.training:  # the public code's teacher forcing
             ref = batch.y if self.task == "regression" else batch.y.clamp(-1, 1)
         else:
             ref = self.score(est).detach()
         extras["unimodal_scores"], extras["reference_score"] = scores, ref
-        return sentiment_ratio(scores, ref, present, self.k)
+        ratio = sentiment_ratio(scores, ref, k_present, self.k)
+        if len(k_idx) == len(self.modalities):
+            return ratio
+        full = torch.full(present.shape, 1.0 / len(self.modalities), device=present.device)
+        full[:, k_idx] = ratio * len(k_idx) / len(self.modalities)
+        return full * present
+
+    @staticmethod
+    def modality_weights(ratio: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The multipliers the fusion applies, p_m (1 + R_m), normalised over the modalities (B, M): what the
+        gates report, so that they are the weights the model uses."""
+        w = present.float() * (1 + ratio)
+        return w / w.sum(1, keepdim=True).clamp_min(1e-12)
 
     def unimodal_average(self, uni: dict, present: torch.Tensor) -> torch.Tensor:
         """Stage-1 output: the mean unimodal prediction over present modalities (3 classes: the mean probability)."""
-        w = presence_weights(present).unsqueeze(-1)
-        stack = torch.stack([uni[m] for m in self.modalities], 1)  # (B, M, out)
+        k_present = present[:, [self.modalities.index(m) for m in self.knowledge_modalities]]
+        w = presence_weights(k_present).unsqueeze(-1)
+        stack = torch.stack([uni[m] for m in self.knowledge_modalities], 1)  # (B, K, out)
         if self.task == "regression":
             return (stack * w).sum(1)
         return (stack.softmax(-1) * w).sum(1).clamp_min(1e-8).log()
@@ -315,7 +390,8 @@ class KuDA(MSAModel):
                 uni[m] = logits
         extras: dict[str, torch.Tensor] = {}
         ratio = self.sentiment_ratios(uni, pooled, present, batch, extras)
-        gates = {"modality": ratio}
+        extras["ratio"] = ratio
+        gates = {"modality": self.modality_weights(ratio, present)}
         if self.stage == "unimodal" and uni:
             logits = self.unimodal_average(uni, present)
             return ModelOutput(pred=self.to_pred(logits), logits=logits, unimodal=uni, gates=gates, extras=extras)
@@ -335,6 +411,20 @@ class KuDA(MSAModel):
                  for m in self.modalities]
         return torch.stack(terms).sum()
 
+    def knowledge_loss(self, out: ModelOutput, batch, task: str = "regression", kind: str = "l1") -> torch.Tensor:
+        """Stage 1's loss (Sec. 3.2): each decoder against its modality's own sentiment label, on the samples that
+        have the modality and a known label (a NaN unimodal label is skipped, never replaced); the multimodal
+        label only in the `knowledge_source: multimodal` ablation."""
+        terms = []
+        for m, logits in out.unimodal.items():
+            y = batch.y if self.knowledge_sources[m]["source"] == "multimodal" else batch.y_uni.get(UNIMODAL_KEYS[m])
+            if y is None:  # no unimodal label in this batch's data: nothing to learn from
+                continue
+            keep = batch.present(m) & torch.isfinite(y)
+            if keep.any():
+                terms.append(losses.task_loss(logits[keep], y[keep], task, kind))
+        return torch.stack(terms).mean() if terms else out.logits.sum() * 0.0
+
     def estimate_loss(self, out: ModelOutput, batch, task: str = "regression", kind: str = "l1") -> torch.Tensor:
         return losses.task_loss(out.extras["estimate_logits"], batch.y, task, kind)
 
@@ -344,7 +434,7 @@ class KuDA(MSAModel):
             # Stage 1 trains the decoders (and the ratio's reference head). In stage 2 they are frozen by default:
             # the weight is `fusion_unimodal_weight`, 0 in the paper's loss.
             w = 1.0 if self.stage == "unimodal" else self.cfg.fusion_unimodal_weight
-            terms["unimodal"] = (w, losses.unimodal_task_loss)
+            terms["unimodal"] = (w, self.knowledge_loss)
             if self.estimate is not None:
                 terms["estimate"] = (w, self.estimate_loss)
         if self.stage != "unimodal" and self.alpha:
@@ -366,6 +456,5 @@ class KuDA(MSAModel):
             if self.freeze == "knowledge":  # the reference freezes adapters and decoders, the encoders train on
                 set_trainable([e.inject for e in self.encoders.values()] +
                               [e.decoder for e in self.encoders.values()] + [self.estimate], False)
-        if self.text_backbone is not None:
-            set_trainable([self.text_backbone], False)
-
+        if self.text_backbone is not None:  # the reference fine-tunes BERT in stage 2; an option here (CPU cost)
+            set_trainable([self.text_backbone], stage == "fusion" and self.cfg.finetune_backbone)

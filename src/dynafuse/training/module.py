@@ -87,7 +87,8 @@ class LitMSA(L.LightningModule):
         groups = [{"params": rest, "lr": cfg.lr}]
         if backbone:
             groups.append({"params": backbone, "lr": cfg.backbone_lr})
-        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        opt = optimizer(groups, weight_decay=cfg.weight_decay)
         warmup = cfg.warmup_ratio
         if not warmup:
             return opt

@@ -7,6 +7,8 @@ metrics and predictions through the one prediction path.
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import shutil
 import time
@@ -25,13 +27,14 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import compose, dump, load_run_config
+from ..config import compose, dump, load_run_config, stage_train
 from ..data import Bundle, SplitDataset, load_dataset
+from ..data.core import MODALITIES, fill_missing
 from ..data.text import attach_text
 from ..errors import ConfigError, DataError, DynafuseError
 from ..files import atomic_write, atomic_write_csv
 from ..metrics import METRIC_KEYS, ordinal_stats, score_metrics
-from ..models import create_model, model_config
+from ..models import create_model, model_config, model_entry
 from .module import LitMSA
 from .predict import predict_batches
 from .rundir import CONFIG, INFO, METRICS, ORDINAL, PREDICTIONS, RunDir
@@ -40,11 +43,11 @@ MONITORS = (*[k for k in METRIC_KEYS if k != "n"], "f1_3", "auto")
 
 
 def build_config(model: str, dataset: str, overrides: list[str] | dict | None = None,
-                 config_file: str | Path | None = None) -> DictConfig:
+                 config_file: str | Path | None = None, preset: str | None = None) -> DictConfig:
     """The typed run config of `model` on `dataset`: the model family's defaults <- dataset preset <- model
-    preset <- `config_file` <- `overrides` (`key.path=value`). ConfigError (one line) on an unknown model, key,
-    wrong type or out-of-range value, before any data is read."""
-    cfg = compose(model_config(model), model, dataset, overrides, config_file)
+    preset <- named `preset` <- `config_file` <- `overrides` (`key.path=value`). ConfigError (one line) on an
+    unknown model, key, wrong type or out-of-range value, before any data is read."""
+    cfg = compose(model_config(model), model, dataset, overrides, config_file, preset)
     if cfg.train.monitor not in MONITORS:
         raise ConfigError(f"train.monitor={cfg.train.monitor!r} is not a metric; choose one of {', '.join(MONITORS)}")
     return cfg
@@ -88,16 +91,49 @@ def prepare_data(cfg: DictConfig) -> Bundle:
     return attach_text(bundle, d.text, cache)
 
 
-def new_module(cfg: DictConfig, input_dims: dict[str, int], value_range: float) -> LitMSA:
-    """The LightningModule for this config: the registered model (with the label range and text backbone)."""
+def new_module(cfg: DictConfig, input_dims: dict[str, int], value_range: float, context: dict | None = None) -> LitMSA:
+    """The LightningModule for this config: the registered model, told the label range, the text backbone and
+    what else the data says (`context`: unimodal labels, stage datasets; see `MSAModel.__init__`)."""
     model = create_model(cfg.model.name, input_dims, cfg.model, value_range=value_range,
-                         backbone=cfg.data.text.backbone)
+                         backbone=cfg.data.text.backbone, **(context or {}))
     return LitMSA(model, OmegaConf.to_object(cfg.train), value_range)
 
 
-def build_module(cfg: DictConfig, bundle: Bundle) -> LitMSA:
+def stage_data(cfg: DictConfig, name: str, target: Bundle) -> tuple[Bundle, list[str]]:
+    """Another dataset that one stage trains on (e.g. KuDA's external knowledge), read with this run's text settings
+    and put on the target's terms: labels (and unimodal labels) rescaled to the target's range; a modality the
+    target has but this dataset lacks, or provides with other dims or another feature spec, is fed as missing.
+    Returns the bundle and the modalities it does provide."""
+    scfg = copy.deepcopy(cfg)
+    scfg.data.name, scfg.data.options = name, build_config(cfg.model.name, name).data.options
+    scfg.data.value_range = None
+    bundle = prepare_data(scfg)
+    scale = target.value_range / bundle.value_range
+    want, have = target.input_dims(), bundle.input_dims()
+    provided = [m for m in want if have.get(m) == want[m]
+                and bundle.feature_spec.get(m) == target.feature_spec.get(m) and target.feature_spec.get(m)]
+    for split in bundle.splits.values():
+        split.y = split.y * scale
+        split.unimodal = {m: v * scale for m, v in split.unimodal.items()}
+        for m in set(want) - set(provided):
+            fill_missing(split, m, want[m])
+    bundle.value_range = target.value_range
+    return bundle, provided
+
+
+def data_context(cfg: DictConfig, bundle: Bundle) -> tuple[dict, dict[str, Bundle]]:
+    """What the model is told about the data (recorded in run.json as `model_context`), and the bundles of the
+    stages its family trains on other datasets."""
+    unimodal = bundle.unimodal_label_modalities()
+    wanted = model_entry(cfg.model.name).cls.stage_datasets(OmegaConf.to_object(cfg.model), unimodal)
+    stages = {stage: stage_data(cfg, name, bundle) for stage, name in wanted.items()}
+    context = {"unimodal_labels": list(unimodal), "stage_modalities": {s: p for s, (_, p) in stages.items()}}
+    return context, {s: b for s, (b, _) in stages.items()}
+
+
+def build_module(cfg: DictConfig, bundle: Bundle, context: dict | None = None) -> LitMSA:
     """The module for this config and data, standardising with the data's train-split statistics."""
-    lit = new_module(cfg, bundle.input_dims(), bundle.value_range)
+    lit = new_module(cfg, bundle.input_dims(), bundle.value_range, context)
     lit.model.set_feature_stats(bundle.feature_stats())
     return lit
 
@@ -149,7 +185,7 @@ class FitClock(Callback):
 
 def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA,
              stage: str) -> tuple[L.Trainer, ModelCheckpoint, FitClock]:
-    t = cfg.train
+    t = lit.train_cfg
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="valid_score", mode=lit.monitor_mode(),
                            save_top_k=1, save_last=True, enable_version_counter=False)
     clock = FitClock()
@@ -203,12 +239,18 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: bool = False, force: boo
     set_threads(cfg)
 
     bundle = prepare_data(cfg)
-    lit = build_module(cfg, bundle)
+    context, stage_bundles = data_context(cfg, bundle)
+    lit = build_module(cfg, bundle, context)
+    absent = [m for m in MODALITIES if m not in bundle.input_dims()]
+    print(f"{cfg.model.name} on {cfg.data.name}: modalities {', '.join(lit.model.modalities)}"
+          + (f" ({', '.join(absent)}: not in this dataset)" if absent else ""))
+    for key, value in lit.model.run_info().items():  # e.g. where KuDA's knowledge comes from: the run says so
+        print(f"{cfg.model.name} {key}: {json.dumps(value, ensure_ascii=False)}")
     if t.init_from:  # e.g. KuDA's saved stage-1 weights, reused with train.skip_stages=[unimodal]
         load_weights(lit, Path(t.init_from), strict=False)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(dump(cfg))
-    train_dl, valid_dl = loader(bundle, "train", cfg, True), loader(bundle, "valid", cfg, False)
+    train_cfg = OmegaConf.to_object(cfg.train)
 
     started, earlier, info = time.time(), 0.0, {"stages": {}}  # earlier: fit seconds from sessions before a kill
     stages = lit.model.stages
@@ -218,6 +260,8 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: bool = False, force: boo
         ckpt_dir = run.stage_dir(stage, len(stages))
         done = ckpt_dir / "done.json"
         lit.model.stage_setup(stage)
+        lit.train_cfg = stage_train(train_cfg, stage)
+        data = stage_bundles.get(stage, bundle)
         if done.exists():  # a finished stage of a resumed run: take its selected weights and move on
             info["stages"][stage] = run.read_json(run.relative(done))
             earlier += info["stages"][stage].get("seconds", 0.0)
@@ -225,11 +269,11 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: bool = False, force: boo
             continue
         trainer, ckpt, clock = _trainer(cfg, ckpt_dir, run, lit, stage)
         last = ckpt_dir / "last.ckpt"
-        trainer.fit(lit, train_dl, valid_dl, ckpt_path=str(last) if resume and last.exists() else None,
-                    weights_only=True)
+        trainer.fit(lit, loader(data, "train", cfg, True), loader(data, "valid", cfg, False),
+                    ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
         best = Path(ckpt.best_model_path or last)
         earlier += clock.before
-        info["stages"][stage] = {"best": run.relative(best),
+        info["stages"][stage] = {"best": run.relative(best), "dataset": data.name,
                                  "best_score": float(ckpt.best_model_score or float("nan")),
                                  "epochs": trainer.current_epoch, "seconds": clock.seconds()}
         if trainer.is_global_zero:
@@ -243,7 +287,8 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: bool = False, force: boo
                 params=n_params, trainable_params=sum(p.numel() for p in lit.model.parameters() if p.requires_grad),
                 train_seconds=time.time() - started + earlier, input_dims=bundle.input_dims(),
                 value_range=bundle.value_range, monitor=lit.monitor_key(), notes=bundle.notes,
-                feature_spec=bundle.feature_spec)
+                feature_spec=bundle.feature_spec, modalities=lit.model.modalities, model_context=context,
+                model_info=lit.model.run_info())
     run.write_json(INFO, info)  # last: its presence means "finished"
     return metrics
 
@@ -255,7 +300,7 @@ def load_model(run_dir: str | Path) -> tuple[DictConfig, dict, LitMSA]:
     info = run.info()
     cfg = run_config(run)
     best = run.best_checkpoint()
-    lit = new_module(cfg, info["input_dims"], float(info["value_range"]))
+    lit = new_module(cfg, info["input_dims"], float(info["value_range"]), info.get("model_context"))
     load_weights(lit, best)
     return cfg, info, lit
 
