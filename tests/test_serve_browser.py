@@ -14,6 +14,13 @@ import shutil
 
 import pytest
 
+pytest.importorskip("selenium", reason="selenium is not installed (the test extra)")
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -28,9 +35,6 @@ def browser(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail(missing + ": .ci/run should have installed it")
         pytest.skip(missing)
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra)")
-    from selenium.webdriver.chrome.service import Service
-
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM  # the system browser and driver: Selenium Manager never downloads one
     for flag in FLAGS:
@@ -42,12 +46,8 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
-def score_page(browser, url: str, clip, transcript: str = "", timeout: float = 180):
+def score_page(browser, url: str, clip, transcript: str = "", timeout: float = 180) -> None:
     """Open the page, pick `clip`, type `transcript`, press the button; wait for the result or the error box."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
     browser.get(url)
     wait = WebDriverWait(browser, timeout)
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#run option")) > 0)
@@ -57,37 +57,38 @@ def score_page(browser, url: str, clip, transcript: str = "", timeout: float = 1
     browser.find_element(By.ID, "submit").click()
     wait.until(ec.any_of(ec.visibility_of_element_located((By.ID, "result")),
                          ec.visibility_of_element_located((By.ID, "error"))))
-    return By
 
 
 def test_the_page_scores_a_real_clip_and_draws_the_gates(browser, live_server, real_clip, tmp_path):
     import httpx
 
     clip, transcript = real_clip
-    by = score_page(browser, live_server, clip, transcript)
-    error = browser.find_element(by.ID, "error")
+    score_page(browser, live_server, clip, transcript)
+    error = browser.find_element(By.ID, "error")
     assert not error.is_displayed(), error.text
     # the same clip through the API: the page must show exactly what the server computed
     api = httpx.post(live_server + "/predict", files={"clip": (clip.name, clip.read_bytes(), "video/mp4")},
                      data={"transcript": transcript}, timeout=180).json()
 
-    text = lambda i: browser.find_element(by.ID, i).text
+    def text(element_id: str) -> str:
+        return browser.find_element(By.ID, element_id).text
+
     assert float(text("score").replace("\u2212", "-")) == pytest.approx(api["score"], abs=1e-3)  # shown to 3 decimals
     assert text("polarity") == api["polarity"] and text("level") == f"7-level: {api['level']}"
     assert text("transcript-used") == transcript and "as given" in text("transcript-source")
     assert (text("scale-min"), text("scale-max")) == ("-3", "+3")
-    rows = browser.find_elements(by.CSS_SELECTOR, "#modalities tbody tr")
-    assert {r.get_attribute("data-modality"): r.find_elements(by.TAG_NAME, "td")[2].text for r in rows} == \
+    rows = browser.find_elements(By.CSS_SELECTOR, "#modalities tbody tr")
+    assert {r.get_attribute("data-modality"): r.find_elements(By.TAG_NAME, "td")[2].text for r in rows} == \
         {"text": "yes", "audio": "yes", "vision": "yes"}
 
     # the gate bars: one per modality, labelled with the API's weight, drawn with a proportional width
-    bars = browser.find_elements(by.CSS_SELECTOR, '.gate-group[data-gate="modality"] .gate-bar')
+    bars = browser.find_elements(By.CSS_SELECTOR, '.gate-group[data-gate="modality"] .gate-bar')
     assert [b.get_attribute("data-component") for b in bars] == list(api["gates"]["modality"])
     for bar in bars:
         weight = api["gates"]["modality"][bar.get_attribute("data-component")]
-        assert float(bar.find_element(by.CLASS_NAME, "gate-value").text) == pytest.approx(weight, abs=1e-3)
-        track = bar.find_element(by.CLASS_NAME, "gate-track").size["width"]
-        fill = bar.find_element(by.CLASS_NAME, "gate-fill").size["width"]
+        assert float(bar.find_element(By.CLASS_NAME, "gate-value").text) == pytest.approx(weight, abs=1e-3)
+        track = bar.find_element(By.CLASS_NAME, "gate-track").size["width"]
+        fill = bar.find_element(By.CLASS_NAME, "gate-fill").size["width"]
         assert track > 100 and fill / track == pytest.approx(weight, abs=0.01)
 
     height = browser.execute_script("return document.documentElement.scrollHeight")
@@ -99,6 +100,6 @@ def test_the_page_scores_a_real_clip_and_draws_the_gates(browser, live_server, r
 
 
 def test_the_page_shows_a_server_error(browser, live_server, media_clips):
-    by = score_page(browser, live_server, media_clips["corrupt"])
-    assert browser.find_element(by.ID, "error").text.startswith("corrupt.mp4: cannot decode")
-    assert not browser.find_element(by.ID, "result").is_displayed()
+    score_page(browser, live_server, media_clips["corrupt"])
+    assert browser.find_element(By.ID, "error").text.startswith("corrupt.mp4: cannot decode")
+    assert not browser.find_element(By.ID, "result").is_displayed()

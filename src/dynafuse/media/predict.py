@@ -212,7 +212,7 @@ def predict_lines(predictor: Predictor, clips: list[Path], transcript: str | Non
                 line = predictor(clip, transcript)
             except DynafuseError as e:
                 failed += 1
-                bar.console.print(f"dynafuse: error: {e}", markup=False, highlight=False)
+                bar.console.print(f"dynafuse: error: {e}", markup=False, highlight=False, soft_wrap=True)
                 line = {"clip": str(clip), "error": str(e)}
             print(json.dumps(line, ensure_ascii=False), flush=True, file=sys.stdout)
             bar.advance(task)

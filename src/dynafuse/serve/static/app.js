@@ -44,7 +44,8 @@ function describeRun() {
 }
 
 function setClip(file) {
-  $("drop-text").textContent = file ? `${file.name} (${(file.size / 1e6).toFixed(2)} MB)` : "Choose a clip, or drop it here";
+  $("drop-text").textContent = file ? `${file.name} (${(file.size / 1e6).toFixed(2)} MB)`
+    : "Choose a clip, or drop it here";
 }
 
 async function init() {
