@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from dynafuse.analysis.summary import find_runs, group_runs
-from dynafuse.config import build_config
 from dynafuse.files import atomic_write, atomic_write_json, atomic_write_text
 from dynafuse.metrics import aggregate, compute_metrics, format_mean_std
+from dynafuse.training import build_config
 from dynafuse.training.run import prepare_data
 
 MODALITIES = ("text", "audio", "vision")

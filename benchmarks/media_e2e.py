@@ -209,12 +209,17 @@ def main() -> None:
     res["stages"] = list(first["median_s"])
     res["peak_rss_mb"] = round(peak_rss_mb(), 1)
     res["load_average"] = [round(x, 2) for x in os.getloadavg()]  # other work on the machine during the run
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_results("media_e2e", res, markdown(res))
+
+
+def write_results(name: str, res: dict, md: str) -> None:
+    """benchmarks/results/NAME.json and NAME.md, written atomically; the Markdown is printed too."""
     from dynafuse.files import atomic_write_json, atomic_write_text
 
-    atomic_write_json(RESULTS / "media_e2e.json", res)
-    atomic_write_text(RESULTS / "media_e2e.md", markdown(res))
-    print(markdown(res))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"{name}.json", res)
+    atomic_write_text(RESULTS / f"{name}.md", md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -108,3 +108,80 @@ def extracted(tmp_path_factory, media_clips):
     src = make_source(root / "src", media_clips)
     summary = extract_dataset(src, root / "out", workers=2, progress=False)
     return src, root / "out", summary
+
+
+@pytest.fixture(scope="session")
+def text_run(data_dir, tmp_path_factory):
+    """Like `make demo`'s run (early fusion on real MOSI, text + the dataset's own audio vectors), but tiny."""
+    from dynafuse.training import build_config, train
+
+    run = tmp_path_factory.mktemp("mosi-text-run")
+    train(build_config("early_fusion", "mosi", [f"data.data_dir={data_dir}", "data.limit=64",
+                                                "train.max_epochs=1", "train.progress=false"]), run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def media_run(extracted, tmp_path_factory):
+    """DAF (it has modality gates) trained on the folder `dynafuse extract` made from the test clips."""
+    from dynafuse.training import build_config, train
+
+    run = tmp_path_factory.mktemp("media-run")
+    train(build_config("daf", f"path:{extracted[1]}", ["train.max_epochs=1", "train.progress=false"]), run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def real_clip(data_dir) -> tuple[Path, str]:
+    """A real CMU-MOSI clip from ../shared/media/real (a train-split clip: for the media path, not for accuracy)
+    and its reference transcript from the dataset's label.csv."""
+    import csv
+
+    folder = data_dir.parent / "media" / "real"
+    if not (folder / "manifest.csv").is_file():
+        pytest.skip(f"the real clips are not at {folder}")
+    with open(folder / "manifest.csv", newline="") as f:
+        rows = {r["file"]: r for r in csv.DictReader(f)}
+    name = "mosi_Sqr0AcuoNnk_12.mp4"
+    return folder / name, rows[name]["transcript"]
+
+
+@pytest.fixture(scope="session")
+def live_server(media_run, text_run, tmp_path_factory):
+    """`dynafuse serve` in its own process on a free loopback port, with the DAF media run (default, named `daf`)
+    and the MOSI text run (`mosi`): its base URL. Stopped with SIGINT at the end; a traceback in its log fails."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:  # a free port; the tiny race with another process is acceptable in tests
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dynafuse.cli", "serve", "--run", f"daf={media_run}",
+                                 "--run", f"mosi={text_run}", "--port", str(port), "--queue", "2"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"dynafuse serve did not start (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield url
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 0 and "Traceback" not in text, text[-3000:]

@@ -12,31 +12,9 @@ import pytest
 
 from dynafuse.errors import DataError
 from dynafuse.media.asr import word_error_rate
-from dynafuse.training import build_config
 from media_clips import SENTENCE
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def text_run(data_dir, tmp_path_factory):
-    """Like `make demo`'s run (early fusion on real MOSI, text + the dataset's own audio vectors), but tiny."""
-    from dynafuse.training import train
-
-    run = tmp_path_factory.mktemp("mosi-text-run")
-    train(build_config("early_fusion", "mosi", [f"data.data_dir={data_dir}", "data.limit=64",
-                                                "train.max_epochs=1", "train.progress=false"]), run)
-    return run
-
-
-@pytest.fixture(scope="module")
-def media_run(extracted, tmp_path_factory):
-    """DAF (it has modality gates) trained on the folder `dynafuse extract` made from the test clips."""
-    from dynafuse.training import train
-
-    run = tmp_path_factory.mktemp("media-run")
-    train(build_config("daf", f"path:{extracted[1]}", ["train.max_epochs=1", "train.progress=false"]), run)
-    return run
 
 
 @pytest.fixture(scope="module")

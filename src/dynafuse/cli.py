@@ -178,22 +178,24 @@ def cmd_explain(a):
 
 
 def cmd_predict(a):
-    from .media.predict import Predictor, print_prediction
+    from .media.predict import Predictor, clip_paths, predict_lines, print_prediction
 
+    clips = clip_paths(a.clips)
     predictor = Predictor(a.run, asr_model=None if a.no_asr else "tiny.en")
-    failed = []
-    for clip in a.clips:  # one warm model and pipeline for every clip; a bad clip does not stop the others
-        try:
-            result = predictor(clip, a.transcript)
-        except DynafuseError as e:
-            failed.append(clip)
-            print(f"dynafuse: error: {e}", file=sys.stderr)
-            continue
-        print(json.dumps(result, ensure_ascii=False) if a.json else "", end="\n" if a.json else "")
-        if not a.json:
-            print_prediction(result)
+    if len(clips) == 1 and not a.json and not Path(a.clips[0]).is_dir():  # one clip: a readable table
+        print_prediction(predictor(clips[0], a.transcript))
+        return
+    # a folder or several clips: one warm model for all, one JSON line per clip, a bad clip does not stop the rest
+    failed = predict_lines(predictor, clips, a.transcript, progress=len(clips) > 1)
     if failed:
-        raise DynafuseError(f"{len(failed)} of {len(a.clips)} clips could not be scored (see above)")
+        raise DynafuseError(f"{failed} of {len(clips)} clips could not be scored (see above)")
+
+
+def cmd_serve(a):
+    from .serve import run_server
+
+    run_server(a.run, host=a.host, port=a.port, queue=a.queue, timeout=a.timeout, max_upload_mb=a.max_upload_mb,
+               asr_model=None if a.no_asr else "tiny.en", threads=a.threads)
 
 
 def cmd_extract(a):
@@ -314,12 +316,23 @@ def build_parser() -> argparse.ArgumentParser:
     xt.add_argument("--value-range", type=float, help="labels lie in [-R, R] (default: 1 if all |label| <= 1, else 3)")
     xt.set_defaults(fn=cmd_extract)
     pr = sub.add_parser("predict", help="score raw clips (video or audio) with a trained run")
-    pr.add_argument("clips", nargs="+", help="video or audio files")
+    pr.add_argument("clips", nargs="+", help="video or audio files, or folders of them (one JSON line per clip)")
     pr.add_argument("--run", required=True, help="a finished run folder (with its local checkpoint)")
     pr.add_argument("--transcript", help="what is said (default: transcribed with whisper tiny.en)")
     pr.add_argument("--no-asr", action="store_true", help="never run ASR (a transcript's words are timed evenly)")
     pr.add_argument("--json", action="store_true", help="one JSON object per clip")
     pr.set_defaults(fn=cmd_predict)
+    sv = sub.add_parser("serve", help="HTTP API and web page scoring uploaded clips with runs kept warm")
+    sv.add_argument("--run", action="append", required=True, metavar="[NAME=]RUN",
+                    help="a finished run folder, optionally named (repeat for several; the first is the default)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--queue", type=int, default=4, help="requests that may wait while one is scored; more get 503")
+    sv.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait and score (then 504)")
+    sv.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted (then 413)")
+    sv.add_argument("--no-asr", action="store_true", help="never run ASR (requests must give a transcript)")
+    sv.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    sv.set_defaults(fn=cmd_serve)
     ex = sub.add_parser("explain", help="gate distributions, attention maps and t-SNE of a trained run")
     ex.add_argument("run")
     ex.add_argument("--out", help="output folder (default RUN/explain)")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..data.core import Batch
-from ..errors import DataError
+from ..errors import DataError, DynafuseError
 from ..training import predict_batches
 
 LEVELS = ["strongly negative", "negative", "weakly negative", "neutral", "weakly positive", "positive",
@@ -167,3 +167,52 @@ def print_prediction(r: dict) -> None:
     console.print(t)
     for name, g in r["gates"].items():
         console.print(f"gate {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
+
+
+def clip_paths(items: list[str | Path]) -> list[Path]:
+    """The clips to score: a folder gives its media files (any depth, sorted, hidden ones skipped), a file itself.
+
+    Raises DataError for a folder without media files."""
+    from .extract import MEDIA_EXTENSIONS
+
+    out = []
+    for item in map(Path, items):
+        if not item.is_dir():
+            out.append(item)  # a missing or bad file is that clip's error, not the batch's
+            continue
+        found = sorted(p for p in item.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(item).parts))
+        if not found:
+            raise DataError(f"no media files ({' '.join(MEDIA_EXTENSIONS)}) in this folder", item)
+        out += found
+    return out
+
+
+def predict_lines(predictor: Predictor, clips: list[Path], transcript: str | None = None,
+                  progress: bool = True) -> int:
+    """Score `clips` with one warm predictor, printing one JSON line per clip on stdout (`{"clip", "error"}` for a
+    clip that cannot be scored; the batch goes on) under a rich progress bar on stderr. Returns the failures."""
+    import json
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    failed = 0
+    console = Console(stderr=True)
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.description}"))
+    # stdout into a file or pipe stays pure JSON; on a terminal rich prints the lines above the bar
+    with Progress(*columns, console=console, disable=not progress, redirect_stdout=sys.stdout.isatty()) as bar:
+        task = bar.add_task("", total=len(clips))
+        for clip in clips:
+            bar.update(task, description=clip.name)
+            try:
+                line = predictor(clip, transcript)
+            except DynafuseError as e:
+                failed += 1
+                bar.console.print(f"dynafuse: error: {e}", markup=False, highlight=False, soft_wrap=True)
+                line = {"clip": str(clip), "error": str(e)}
+            print(json.dumps(line, ensure_ascii=False), flush=True, file=sys.stdout)
+            bar.advance(task)
+    return failed
