@@ -8,6 +8,7 @@ backbone), so the file runs in seconds; one test checks the packaged MiniLM-L6 r
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,6 +138,37 @@ def test_packaged_minilm_layer_by_layer_matches():
         h, _ = model.encode_text(ids, mask, {})
         ref = model.text_backbone(ids, mask)
     torch.testing.assert_close(h[mask], ref[mask], atol=1e-5, rtol=0)
+
+
+def test_frozen_layer_cache_gives_the_same_numbers(tmp_path, data_dir):
+    """Real MOSI transcripts through the packaged MiniLM, CPU setting (finetune_layers=2, GMRA after layer 4):
+    the trainer caches the output of the 4 frozen bottom layers once (float32); the model run from that cache
+    equals the model run from token ids through the whole backbone, to 1e-5, with audio injected by the GMRA.
+    The frozen layers run in eval mode even while the model trains."""
+    from dynafuse.data import SplitDataset
+    from dynafuse.training import build_config, prepare_data
+    from dynafuse.training.run import build_module, text_cache_layers
+
+    over = [f"data.data_dir={data_dir}", "data.limit=24", "model.finetune_layers=2", f"data.cache_dir={tmp_path}"]
+    cached_cfg = build_config("crosssent", "mosi", over)
+    plain_cfg = build_config("crosssent", "mosi", [*over, "data.text.frozen_cache=false"])
+    assert text_cache_layers(cached_cfg) == 4 and text_cache_layers(plain_cfg) == 0
+    assert text_cache_layers(build_config("crosssent", "mosi", [f"data.data_dir={data_dir}"])) == 0  # whole backbone
+    cached, plain = prepare_data(cached_cfg), prepare_data(plain_cfg)
+    assert cached.input_dims() == plain.input_dims() == {"text": 0, "audio": 73}
+    assert cached.reference.features["text"].dtype == np.float32 and cached.reference.features["text"].ndim == 3
+    torch.manual_seed(0)
+    lit = build_module(cached_cfg, cached)
+    model = lit.model.eval()
+    ds_c, ds_p = SplitDataset(cached.splits["test"]), SplitDataset(plain.splits["test"])
+    rows = list(range(8))
+    with torch.no_grad():
+        a, b = model(ds_c.collate(rows)), model(ds_p.collate(rows))
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=0)
+    model.train()
+    enc = model.text_backbone.encoder
+    assert not enc.embeddings.training and not any(layer.training for layer in enc.encoder.layer[:4])
+    assert all(layer.training for layer in enc.encoder.layer[4:])
 
 
 # ---------------------------------------------------------------- model contract

@@ -110,6 +110,8 @@ class TextConfig:
     backbone: str = "minilm"  # a packaged backbone name, or a local Hugging Face folder
     max_len: int = positive(50)
     finetune: bool = False  # false: frozen token states cached on disk; true: token ids, the model runs the backbone
+    # fine-tuning a backbone whose bottom layers stay frozen: compute those layers once per dataset and cache them
+    frozen_cache: bool = True
 
 
 @dataclass

@@ -107,6 +107,8 @@ class Bundle:
     # how each modality's features were made (extractor, dim, layout); `dynafuse predict` uses a modality only
     # when it can make the same features from a clip
     feature_spec: dict = field(default_factory=dict)
+    # text for a fine-tuned backbone given as the cached output of its first N (frozen) layers instead of token ids
+    cached_text_layers: int = 0
 
     @property
     def reference(self) -> Split:
@@ -131,7 +133,8 @@ class Bundle:
         dims = {}
         for m in self.modalities:
             a = self.reference.features[m]
-            dims[m] = 0 if a.ndim == 2 else int(a.shape[-1])
+            token_ids = a.ndim == 2 or (m == "text" and self.cached_text_layers)  # the backbone's own input
+            dims[m] = 0 if token_ids else int(a.shape[-1])
         return dims
 
 

@@ -62,40 +62,59 @@ def tokenize(texts, name: str | None, max_len: int) -> tuple[np.ndarray, np.ndar
     return ids, enc["attention_mask"].sum(1).astype(np.int64)
 
 
-def token_states(model, ids: np.ndarray, lengths: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Frozen backbone states `(N, L, H)` float16 for token ids `(N, L)`, zero past each length."""
+def token_states(model, ids: np.ndarray, lengths: np.ndarray, batch_size: int = 64, layer: int | None = None,
+                 dtype=np.float16) -> np.ndarray:
+    """Frozen backbone states `(N, L, H)` for token ids `(N, L)`, zero past each length: the last layer's (float16,
+    the frozen-text features), or with `layer` the output of the first `layer` layers (0 = the embeddings; float32,
+    the cached bottom of a partly fine-tuned backbone). The backbone runs in eval mode, without gradients."""
     import torch
 
-    out = np.zeros((*ids.shape, model.config.hidden_size), dtype=np.float16)
+    out = np.zeros((*ids.shape, model.config.hidden_size), dtype=dtype)
+    model.eval()
     with torch.inference_mode():
         for s in range(0, len(ids), batch_size):
             i = torch.from_numpy(ids[s:s + batch_size])
             m = torch.arange(ids.shape[1])[None] < torch.from_numpy(lengths[s:s + batch_size])[:, None]
-            h = model(input_ids=i, attention_mask=m.long()).last_hidden_state
-            out[s:s + batch_size] = (h * m[..., None]).numpy().astype(np.float16)
+            res = model(input_ids=i, attention_mask=m.long(), output_hidden_states=layer is not None)
+            h = res.last_hidden_state if layer is None else res.hidden_states[layer]
+            out[s:s + batch_size] = (h * m[..., None]).numpy().astype(dtype)
     return out
 
 
-def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_size: int = 64):
-    """Token states `(N, max_len, H)` float16, cached by content hash and memory-mapped on reuse."""
+def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_size: int = 64,
+                  layer: int | None = None):
+    """Token states `(N, max_len, H)` (see `token_states`; `layer` picks a lower layer, float32), cached by content
+    hash, backbone and layer, and memory-mapped on reuse."""
     path = backbone_path(name)
-    key = hashlib.sha1(json.dumps([path, max_len, list(map(str, texts))]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps([path, max_len, list(map(str, texts))] + ([layer] if layer is not None else []))
+                       .encode()).hexdigest()[:16]
     cache_dir.mkdir(parents=True, exist_ok=True)
     feats_file, len_file = cache_dir / f"text_{key}.npy", cache_dir / f"text_{key}_len.npy"
     if feats_file.exists() and len_file.exists():
         return np.load(feats_file, mmap_mode="r"), np.load(len_file)
     ids, lengths = tokenize(texts, name, max_len)
-    out = token_states(load_backbone(name).eval(), ids, lengths, batch_size)
+    out = token_states(load_backbone(name), ids, lengths, batch_size, layer,
+                       np.float16 if layer is None else np.float32)
     atomic_save_npy(len_file, lengths)
     atomic_save_npy(feats_file, out)
     return np.load(feats_file, mmap_mode="r"), lengths
 
 
-def attach_text(bundle: Bundle, cfg, cache_dir: Path) -> Bundle:
+def backbone_depth(name: str | None) -> int:
+    """The number of transformer layers of a backbone (read from its config, no weights loaded)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(backbone_path(name)).num_hidden_layers)
+
+
+def attach_text(bundle: Bundle, cfg, cache_dir: Path, cached_layers: int = 0) -> Bundle:
     """Give every split a `text` modality, as the config asks (`cfg`: the `data.text` section, a TextConfig).
 
     `source` auto | raw | features: `auto` keeps text features the dataset ships (MulT, MMSA pickles) and encodes
     transcripts otherwise; `finetune` stores token ids (N, max_len) instead of frozen states (N, max_len, H).
+    `cached_layers` (fine-tuning only): the first N layers of the backbone are frozen, so their output is computed
+    once per dataset and cached (float32 (N, max_len, H)); the model runs the layers above it. The feature spec
+    still says token ids: a clip is scored from its ids through the whole backbone, with the same numbers.
     """
     source = cfg.source
     has_features = "text" in bundle.reference.features
@@ -107,7 +126,10 @@ def attach_text(bundle: Bundle, cfg, cache_dir: Path) -> Bundle:
     for split in bundle.splits.values():
         if split.raw_text is None:
             raise ConfigError(f"dataset {bundle.name} has no transcripts to encode")
-        if cfg.finetune:
+        if cfg.finetune and cached_layers:
+            ids, lengths = encode_frozen(split.raw_text, cfg.backbone, cfg.max_len, cache_dir / "text",
+                                         layer=cached_layers)
+        elif cfg.finetune:
             ids, lengths = tokenize(split.raw_text, cfg.backbone, cfg.max_len)
         else:
             ids, lengths = encode_frozen(split.raw_text, cfg.backbone, cfg.max_len, cache_dir / "text")
@@ -115,6 +137,7 @@ def attach_text(bundle: Bundle, cfg, cache_dir: Path) -> Bundle:
     # transcripts through a backbone: what `dynafuse predict` can redo on a new clip
     bundle.feature_spec["text"] = {"extractor": "backbone", "backbone": cfg.backbone or DEFAULT_BACKBONE,
                                    "max_len": int(cfg.max_len), "finetune": bool(cfg.finetune)}
+    bundle.cached_text_layers = int(cached_layers) if cfg.finetune else 0
     return bundle
 
 

@@ -116,13 +116,17 @@ class MSAModel(nn.Module):
     gate_names: dict[str, tuple[str, ...]] = {}  # a gate that does not weigh modalities: its column names
 
     def __init__(self, input_dims: dict[str, int], cfg: ModelConfig, value_range: float = 3.0,
-                 backbone: str | None = None, unimodal_labels=(), stage_modalities: dict | None = None):
+                 backbone: str | None = None, unimodal_labels=(), stage_modalities: dict | None = None,
+                 text_cached_layers: int = 0):
         """`value_range`: labels lie in [-R, R]; `backbone`: the text backbone a token-id model runs;
         `unimodal_labels`: the modalities the data has its own unimodal labels for; `stage_modalities`: per
         stage trained on another dataset (`stage_datasets`), the modalities that dataset provides with this run's
-        feature spec. The trainer records this context in run.json so a finished run rebuilds the same model."""
+        feature spec; `text_cached_layers`: training text may arrive as the cached output of the backbone's first N
+        (frozen) layers instead of token ids (`text_cache_layers`). The trainer records this context in run.json
+        so a finished run rebuilds the same model."""
         super().__init__()
         self.cfg = cfg
+        self.text_cached_layers = int(text_cached_layers)
         self.unimodal_labels = tuple(unimodal_labels)
         self.stage_modalities = {k: tuple(v) for k, v in (stage_modalities or {}).items()}
         self.task = cfg.task
@@ -192,6 +196,12 @@ class MSAModel(nn.Module):
 
     def loss_terms(self) -> dict[str, tuple[float, LossTerm]]:
         return {}
+
+    @classmethod
+    def text_cache_layers(cls, cfg: ModelConfig, depth: int) -> int:
+        """How many bottom layers of a fine-tuned text backbone (of `depth` layers) stay frozen and feed nothing
+        but the layers above, so the trainer may compute them once per dataset; 0 by default."""
+        return 0
 
     @classmethod
     def stage_datasets(cls, cfg: ModelConfig, unimodal_labels) -> dict[str, str]:

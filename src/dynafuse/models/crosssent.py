@@ -171,13 +171,36 @@ class CrossSent(MSAModel):
 
     # ---- the text backbone, run layer by layer so the GMRA can sit between two layers
 
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, av: dict) -> tuple[torch.Tensor, dict | None]:
+    @classmethod
+    def text_cache_layers(cls, cfg: CrossSentConfig, depth: int) -> int:
+        """With `finetune_layers=k` the bottom depth - k layers are frozen; below the GMRA injection point they see
+        text only, so their output can be computed once per dataset."""
+        if cfg.finetune_layers is None:
+            return 0
+        inject = depth if cfg.inject_layer is None else cfg.inject_layer
+        return max(0, min(inject, depth - cfg.finetune_layers))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
         enc = self.text_backbone.encoder
-        h = enc.embeddings(input_ids=ids)
+        if self.cfg.finetune_layers is not None:  # frozen layers run in eval mode, as their cached output was made
+            enc.embeddings.eval()
+            for layer in enc.encoder.layer[: len(enc.encoder.layer) - self.cfg.finetune_layers]:
+                layer.eval()
+        return self
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, av: dict) -> tuple[torch.Tensor, dict | None]:
+        """Text tokens through the backbone with the GMRA between two of its layers: `ids` (B, T) token ids, or
+        (B, T, H) float, the cached output of the first `text_cached_layers` (frozen) layers. -> (B, T, H), info."""
+        enc = self.text_backbone.encoder
+        start = self.text_cached_layers if ids.is_floating_point() else 0
+        h = ids if start else enc.embeddings(input_ids=ids)
         # additive mask (B, 1, 1, T): works with eager and SDPA attention, and stays finite for an all-padding row
         ext = (~mask)[:, None, None, :].to(h.dtype) * torch.finfo(h.dtype).min
         info = None
         for i, layer in enumerate(enc.encoder.layer):
+            if i < start:
+                continue
             if i == self.inject_layer and self.gmra is not None:
                 h, info = self.gmra(h, av)
             h = layer(h, ext)

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import compose, dump, load_run_config, stage_train
 from ..data import Bundle, SplitDataset, load_dataset
 from ..data.core import MODALITIES, fill_missing
-from ..data.text import attach_text
+from ..data.text import attach_text, backbone_depth
 from ..errors import ConfigError, DataError, DynafuseError
 from ..files import atomic_write, atomic_write_csv
 from ..metrics import METRIC_KEYS, ordinal_stats, score_metrics
@@ -80,22 +80,31 @@ def set_threads(cfg: DictConfig) -> int:
     return torch.get_num_threads()
 
 
+def text_cache_layers(cfg: DictConfig) -> int:
+    """The frozen bottom layers of a fine-tuned backbone the model lets the trainer compute once (0: none)."""
+    t = cfg.data.text
+    if not (t.finetune and t.frozen_cache):
+        return 0
+    return model_entry(cfg.model.name).cls.text_cache_layers(OmegaConf.to_object(cfg.model), backbone_depth(t.backbone))
+
+
 def prepare_data(cfg: DictConfig) -> Bundle:
-    """The config's dataset with its text attached (frozen token states from the cache, or token ids)."""
+    """The config's dataset with its text attached (frozen token states from the cache, token ids, or the cached
+    output of a fine-tuned backbone's frozen bottom layers)."""
     d = cfg.data
     options = OmegaConf.to_container(d.options)
     bundle = load_dataset(d.name, d.data_dir, d.value_range, **options)
     if d.limit:  # the first N rows of each split: quick smoke runs and tests on real data
         bundle.splits = {k: s.subset(np.arange(min(len(s), int(d.limit)))) for k, s in bundle.splits.items()}
     cache = Path(os.environ.get("DYNAFUSE_CACHE", d.cache_dir))
-    return attach_text(bundle, d.text, cache)
+    return attach_text(bundle, d.text, cache, text_cache_layers(cfg))
 
 
 def new_module(cfg: DictConfig, input_dims: dict[str, int], value_range: float, context: dict | None = None) -> LitMSA:
     """The LightningModule for this config: the registered model, told the label range, the text backbone and
     what else the data says (`context`: unimodal labels, stage datasets; see `MSAModel.__init__`)."""
     model = create_model(cfg.model.name, input_dims, cfg.model, value_range=value_range,
-                         backbone=cfg.data.text.backbone, **(context or {}))
+                         backbone=cfg.data.text.backbone, text_cached_layers=text_cache_layers(cfg), **(context or {}))
     return LitMSA(model, OmegaConf.to_object(cfg.train), value_range)
 
 
