@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .core import Bundle, Split
 from .formats import READERS
-from .tables import SPLITS, UNI_COLUMNS, read_label_csv, read_npz
+from .tables import SPLITS, UNI_COLUMNS, read_label_csv, read_npz, read_score_table
 
 DATASETS: dict[str, Callable[..., Bundle]] = {}
 DESCRIPTIONS: dict[str, str] = {}
@@ -178,3 +178,44 @@ def mosi_bclstm(data_dir: Path, text_source: str = "transcript", valid_share: fl
         splits[s] = split
     return Bundle(name="mosi-bclstm", splits=splits, value_range=3.0, source=str(path),
                   notes=["valid = train videos whose sha1(video_id) falls in the lowest 15% (speaker-disjoint)"])
+
+
+SCORE_COLUMNS = {"text": "pred_t", "audio": "pred_a", "vision": "pred_v"}
+
+
+@register_dataset("simsv2-scores", "CH-SIMSv2 (s) with real audio and video signal: audio = pred_a, vision = pred_v "
+                                   "(released unimodal models' scores, 1 value per clip; no face: missing), text = "
+                                   "transcripts (text_en) or pred_t; label_T/A/V kept; [-1, 1]. Train-split scores "
+                                   "are in-sample: select on valid")
+def simsv2_scores(data_dir: Path, text_column: str = "text_en", text_source: str = "transcript") -> Bundle:
+    """CH-SIMSv2 with `simsv2/unimodal_scores.csv`: the scores of three released unimodal models (a video
+    transformer trained on label_V, an audio and a text model) as one-step audio / vision features (N, 1, 1). An
+    empty `pred_v` (no face found) is a missing vision modality (length 0, an all-false mask).
+    `text_source`: transcript (the text through the run's backbone, as every dataset here) | pred_t (the text
+    model's score, a one-step feature, instead). Caution (datasets README): the unimodal models were trained on the
+    train split, so train-split scores are in-sample and more accurate than on valid/test; valid selects."""
+    if text_source not in ("transcript", "pred_t"):
+        raise ConfigError(f"data.options.text_source must be 'transcript' or 'pred_t', not {text_source!r}")
+    csv_path, scores_path = data_dir / "simsv2" / "label.csv", data_dir / "simsv2" / "unimodal_scores.csv"
+    table = read_label_csv(csv_path, text_column=text_column)
+    scores = read_score_table(scores_path, tuple(SCORE_COLUMNS.values()))
+    row = {k: i for i, k in enumerate(scores["ids"])}
+    missing = [i for i in table["ids"] if i not in row]
+    if missing:
+        raise DataError(f"{len(missing)} clips of {csv_path.name} have no scores (first: {missing[0]})", scores_path)
+    order = np.array([row[i] for i in table["ids"]])
+    splits = _label_csv_splits(table)
+    mods = ["audio", "vision"] + (["text"] if text_source == "pred_t" else [])
+    for s, split in splits.items():
+        idx = order[table["mode"] == s]
+        for m in mods:
+            v = scores[SCORE_COLUMNS[m]][idx]
+            known = np.isfinite(v)
+            split.features[m] = np.where(known, v, 0.0).astype(np.float32)[:, None, None]
+            split.lengths[m] = known.astype(np.int64)
+        split.check(scores_path)
+    notes = ["audio/vision (and text with text_source=pred_t) are released unimodal models' scores on CH-SIMSv2; "
+             "their train-split values are in-sample (the models were trained on it): valid selects",
+             f"{int(sum((s.lengths['vision'] == 0).sum() for s in splits.values()))} clips have no face (pred_v "
+             "empty): vision is missing for them"]
+    return Bundle(name="simsv2-scores", splits=splits, value_range=1.0, source=str(scores_path), notes=notes)

@@ -82,6 +82,34 @@ def read_label_csv(path: str | Path, text_column: str = "text",
     return out
 
 
+def read_score_table(path: str | Path, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A CSV of per-clip scores keyed by `video_id, clip_id` (e.g. simsv2/unimodal_scores.csv): `ids` and one
+    float32 array per column, NaN where a cell is empty (a score that does not exist for that clip)."""
+    p = existing(path)
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"not a readable CSV ({e})", p) from None
+    if not rows:
+        raise DataError("no rows", p)
+    missing = [c for c in ("video_id", "clip_id", *columns) if c not in rows[0]]
+    if missing:
+        raise DataError(f"missing columns {missing} (has {list(rows[0])})", p)
+    out = {"ids": np.array([f"{r['video_id']}_{r['clip_id']}" for r in rows])}
+    for col in columns:
+        raw = [(r[col] or "").strip() for r in rows]
+        bad = next((i for i, v in enumerate(raw) if v and not _is_float(v)), None)
+        if bad is not None:
+            raise DataError(f"column {col!r} line {bad + 2} is not a number: {raw[bad]!r}", p)
+        out[col] = np.array([float(v) if v else np.nan for v in raw], dtype=np.float32)
+        if np.isinf(out[col]).any():
+            raise DataError(f"Inf in column {col!r}", p)
+    if len(set(out["ids"])) != len(rows):
+        raise DataError("duplicate (video_id, clip_id) rows", p)
+    return out
+
+
 def _is_float(v) -> bool:
     try:
         float(v)
