@@ -66,32 +66,144 @@ def test_three_class_task(data_dir, tmp_path):
     assert 30 < m["test"]["acc3"] <= 100
 
 
-def test_resume_after_kill(data_dir, tmp_path):
+def test_resume_after_kill_reproduces_the_unkilled_run(data_dir, tmp_path):
+    """Killed (SIGKILL) after 2 epochs and resumed, a run ends with exactly the metrics of the same run never killed:
+    every random state (data order, dropout) comes back from the checkpoint."""
     out = tmp_path / "run"
     args = ["train", "--model", "early_fusion", "--dataset", "mosi", "--out", str(out), "--data-dir", str(data_dir),
-            "train.progress=false", "train.max_epochs=40", "train.patience=100"]
+            "train.progress=false", "train.max_epochs=8", "train.patience=100"]
     proc = subprocess.Popen([sys.executable, "-m", "dynafuse.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while time.time() < deadline and not (last.exists() and _epochs_logged(out) >= 2):
-        time.sleep(0.5)
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert last.exists() and not (out / "metrics.json").exists()
+    assert last.exists() and not (out / "run.json").exists()
     done_before = _epochs_logged(out)
     refused = cli(*args)
     assert refused.returncode == 2 and "--resume" in refused.stderr and "Traceback" not in refused.stderr
     before = _clock_seconds(last)
-    resumed = cli(*args[:-2], "train.max_epochs=6", "train.patience=100", "--resume")
+    resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 686
-    # the resumed run started from the checkpointed epoch, not from scratch
+    unkilled = cli(*[a if a != str(out) else str(tmp_path / "unkilled") for a in args])
+    assert unkilled.returncode == 0, unkilled.stderr[-2000:]
+    assert 2 <= done_before < 8
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((tmp_path / "unkilled/metrics.json").read_text())
     info = json.loads((out / "run.json").read_text())
-    assert info["stages"]["main"]["epochs"] == 6
-    assert done_before >= 2
+    assert info["stages"]["main"]["epochs"] == 8
     # its timing counts the killed session's epochs as well as the resumed ones
     assert before > 0 and info["stages"]["main"]["seconds"] > before and info["train_seconds"] > before
+
+
+def test_resume_with_other_settings_is_one_line(data_dir, tmp_path):
+    """Resuming with another model size (or any setting that changes what is computed) is refused before training."""
+    out = tmp_path / "run"
+    base = ["train", "--model", "early_fusion", "--dataset", "mosi", "--out", str(out), "--data-dir", str(data_dir),
+            "train.progress=false", "train.max_epochs=1", "data.limit=64"]
+    assert cli(*base).returncode == 0
+    (out / "run.json").unlink()  # as if killed before the end
+    r = cli(*base, "model.d_model=128", "--resume")
+    assert r.returncode == 2 and "model.d_model: 64 -> 128" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert cli(*base, "train.threads=1", "--resume").returncode == 0  # a change that computes the same is fine
+
+
+def test_ctrl_c_stops_with_the_projects_message_and_resumes(data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", "early_fusion", "--dataset", "mosi", "--out", str(out), "--data-dir", str(data_dir),
+            "train.progress=false", "train.max_epochs=30", "train.patience=100"]
+    proc = subprocess.Popen([sys.executable, "-m", "dynafuse.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and _epochs_logged(out) < 1:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-1500:]
+    assert "interrupted (resume with --resume)" in err and "Traceback" not in err
+    assert not (out / "run.json").exists() and (out / "checkpoints" / "last.ckpt").exists()
+
+
+def test_two_trainings_into_one_folder(data_dir, tmp_path):
+    """The second training into a folder that is being trained stops at once, in one line saying who holds it."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "early_fusion", "--dataset", "mosi", "--out", str(out), "--data-dir", str(data_dir),
+            "train.progress=false", "train.max_epochs=30", "train.patience=100"]
+    first = subprocess.Popen([sys.executable, "-m", "dynafuse.cli", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / ".lock.owner").exists():
+            time.sleep(0.1)
+        second = cli(*args, "--force")
+        assert second.returncode == 2 and "another training is using this run folder" in second.stderr
+        assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def test_checkpoint_payload_never_runs(data_dir, tmp_path):
+    """A checkpoint carrying a pickle payload (it would create a file when unpickled) is refused by `eval`, and
+    nothing executes; with --allow-pickle the user takes responsibility."""
+    run = tmp_path / "run"
+    train(cfg_for("unimodal_text", data_dir, "train.max_epochs=1", "data.limit=64"), run)
+    marker = tmp_path / "pwned"
+    ckpt = run / "checkpoints" / "best.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    state["payload"] = _Payload(str(marker))
+    torch.save(state, ckpt)
+    r = cli("eval", "--run", str(run))
+    assert r.returncode == 2 and "refusing to load it" in r.stderr and "Traceback" not in r.stderr
+    assert not marker.exists()
+
+
+class _Payload:
+    """Unpickling this runs `open(path, "w")`: the marker file proves that code ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_finished_is_one_fact(data_dir, tmp_path):
+    """A kill between metrics.json and run.json: eval says unfinished, and --resume finishes it (no
+    contradicting advice); run.json is the one fact both read."""
+    run = tmp_path / "run"
+    args = ["train", "--model", "unimodal_text", "--dataset", "mosi", "--out", str(run), "--data-dir", str(data_dir),
+            "train.progress=false", "train.max_epochs=1", "data.limit=64"]
+    assert cli(*args).returncode == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "run.json").unlink()
+    e = cli("eval", "--run", str(run))
+    assert e.returncode == 2 and "has not finished" in e.stderr and "--resume" in e.stderr
+    t = cli(*args)
+    assert t.returncode == 2 and "--resume" in t.stderr and "finished already" not in t.stderr
+    assert cli(*args, "--resume").returncode == 0
+    assert json.loads((run / "metrics.json").read_text()) == metrics and (run / "run.json").exists()
+
+
+def test_disk_full_names_the_file_being_written(tmp_path, monkeypatch):
+    """ENOSPC while a result is written: one error naming that file, the old content kept, no temporary left."""
+    import errno
+
+    from dynafuse.files import atomic_write_json
+
+    target = tmp_path / "run" / "metrics.json"
+    atomic_write_json(target, {"old": 1})
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(DynafuseError, match=r"metrics.json: .*No space left on device"):
+        atomic_write_json(target, {"new": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"old": 1} and len(list(target.parent.iterdir())) == 1
 
 
 def _clock_seconds(ckpt: Path) -> float:

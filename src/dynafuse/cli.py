@@ -123,7 +123,7 @@ def cmd_tune(a):
 def cmd_eval(a):
     from .training import evaluate_run
 
-    metrics = evaluate_run(a.run)
+    metrics = evaluate_run(a.run, allow_pickle=a.allow_pickle)
     print(json.dumps(metrics, indent=2)) if a.json else print_metrics(metrics, str(a.run))
 
 
@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="re-evaluate a saved run")
     e.add_argument("--run", required=True)
     e.add_argument("--json", action="store_true")
+    e.add_argument("--allow-pickle", action="store_true",
+                   help="load a checkpoint that holds more than plain weights (it can run code: only files you trust)")
     e.set_defaults(fn=cmd_eval)
     d = sub.add_parser("demo", help="train and evaluate the default model on real MOSI, beside published rows")
     d.add_argument("--model", default="early_fusion")

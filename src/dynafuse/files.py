@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from .errors import DynafuseError
+
 
 def safe_name(name: str) -> str:
     """A dataset name (possibly FORMAT:PATH) as one file or folder name component."""
@@ -17,15 +19,23 @@ def safe_name(name: str) -> str:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_path)`, then rename over `path` (atomic on POSIX within one filesystem)."""
+    """Call `write(tmp_path)`, then rename over `path` (atomic on POSIX within one filesystem).
+
+    The temporary file sits beside `path` and is removed on any failure, so nothing half-written is left. A full
+    disk or a permission problem is a DynafuseError naming `path` (not the temporary file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise DynafuseError(f"cannot write here ({e.strerror or e})", path) from None
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
+    except OSError as e:
+        raise DynafuseError(f"could not write it ({e.strerror or e}); nothing was changed", path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
+import random
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import compose, dump, load_run_config, stage_train
+from ..config import compose, dump, load_run_config, stage_train, to_dict
 from ..data import Bundle, SplitDataset, load_dataset
 from ..data.core import MODALITIES, fill_missing
 from ..data.text import attach_text, backbone_depth
@@ -175,6 +178,23 @@ def evaluate(lit: LitMSA, bundle: Bundle, cfg: DictConfig, run: RunDir) -> dict:
     return metrics
 
 
+class RandomState(Callback):
+    """Every random generator's state (torch, numpy, Python), kept in each checkpoint and restored on resume, so a
+    run killed and resumed draws the same data order and dropout masks as the run that was never killed."""
+
+    def state_dict(self) -> dict:
+        # plain tensors, ints and tuples only, so the checkpoint still loads with weights_only=True
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(state["python"])
+
+
 class FitClock(Callback):
     """Wall seconds spent fitting, kept in every checkpoint: a resumed run's timing (s/epoch in the reports) then
     counts the sessions before the kill, not only the last one."""
@@ -198,7 +218,8 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA,
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="valid_score", mode=lit.monitor_mode(),
                            save_top_k=1, save_last=True, enable_version_counter=False)
     clock = FitClock()
-    callbacks = [ckpt, EarlyStopping("valid_score", patience=t.patience, mode=lit.monitor_mode()), clock]
+    callbacks = [ckpt, EarlyStopping("valid_score", patience=t.patience, mode=lit.monitor_mode()), clock,
+                 RandomState()]
     if t.progress:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
@@ -210,18 +231,29 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA,
     return trainer, ckpt, clock
 
 
-def load_weights(lit: LitMSA, path: Path, strict: bool = True) -> None:
-    """Load a checkpoint's weights into `lit` (tensors only: nothing in the file is executed)."""
+def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict:
+    """A checkpoint's contents, read without executing anything in it (torch's weights-only loader: tensors and
+    plain values, which is all dynafuse writes). A file that holds other objects (a pickle payload) is refused
+    unless `allow_pickle` (the user trusts it)."""
     if not Path(path).exists():
         raise DynafuseError("no such checkpoint", path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except (EOFError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as e:  # torch's weights-only unpickler met something other than plain data
+        raise DynafuseError("refusing to load it: it holds objects other than weights, which would run code "
+                            f"({str(e).splitlines()[-1].strip()[:120]}); dynafuse never writes such checkpoints. "
+                            "Load it only if you trust it: --allow-pickle", path) from None
+    except (EOFError, RuntimeError, KeyError, TypeError, ValueError, OSError) as e:
         raise DynafuseError(f"corrupt or truncated checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})",
                             path) from None
-    except Exception as e:  # noqa: BLE001 - torch's weights-only unpickler refuses anything but plain data
-        raise DynafuseError(f"not a checkpoint of plain weights ({type(e).__name__}); refusing to load it",
-                            path) from None
+
+
+def load_weights(lit: LitMSA, path: Path, strict: bool = True, allow_pickle: bool = False) -> None:
+    """Load a checkpoint's weights into `lit` (tensors only: nothing in the file is executed)."""
+    try:
+        state = read_checkpoint(path, allow_pickle)["state_dict"]
+    except (KeyError, TypeError):
+        raise DynafuseError("not a dynafuse checkpoint (no state_dict)", path) from None
     try:
         result = lit.load_state_dict(state, strict=strict)
     except RuntimeError as e:  # size mismatch: other feature dims or another model config
@@ -231,9 +263,50 @@ def load_weights(lit: LitMSA, path: Path, strict: bool = True) -> None:
         raise ConfigError(f"checkpoint does not fit this model: unexpected weights {result.unexpected_keys[:3]}", path)
 
 
+# settings a resumed run may change: where things are and how fast they run, not what is computed
+RESUMABLE_CHANGES = ("train.progress", "train.threads", "data.data_dir", "data.cache_dir", "data.num_workers")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume(run: RunDir, cfg: DictConfig, lit: LitMSA) -> None:
+    """A resumed run must be the same run: the same config as its config.yaml (but for RESUMABLE_CHANGES), and
+    its last checkpoint must fit the model. Either mismatch is one ConfigError line, before training."""
+    saved, new = _flat(run.raw_config()), _flat(to_dict(cfg))
+    changed = [k for k in sorted(set(saved) | set(new))
+               if saved.get(k, "<unset>") != new.get(k, "<unset>") and k not in RESUMABLE_CHANGES]
+    if changed:
+        what = "; ".join(f"{k}: {saved.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in changed[:4])
+        raise ConfigError(f"--resume with settings other than this run's config.yaml ({what}): resume with the "
+                          "same settings, or start over with --force", run.path)
+    for last in sorted((run / "checkpoints").rglob("last.ckpt")):
+        state = read_checkpoint(last).get("state_dict", {})
+        want = lit.state_dict()
+        bad = [k for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
+        missing = [k for k in want if k not in state and not k.startswith("model.text_backbone.")]
+        if bad or missing:
+            detail = (f"{bad[0]} is {tuple(state[bad[0]].shape)} there, {tuple(want[bad[0]].shape)} here" if bad
+                      else f"it lacks {missing[0]}")
+            raise ConfigError(f"the checkpoint does not fit this config ({detail}); resume with the settings it "
+                              "was trained with, or start over with --force", last)
+
+
 def train(cfg: DictConfig, out_dir: str | Path, resume: bool = False, force: bool = False) -> dict:
-    """Train one run into `out_dir` and return its metrics; `resume` continues a killed run."""
+    """Train one run into `out_dir` and return its metrics; `resume` continues a killed run.
+
+    The run folder is locked while training: a second `train` into it stops at once with one line saying which
+    process holds it. Ctrl-C stops cleanly (KeyboardInterrupt; the CLI says how to resume, exit 130)."""
     run = RunDir(out_dir)
+    with run.lock():
+        return _train(cfg, run, resume, force)
+
+
+def _train(cfg: DictConfig, run: RunDir, resume: bool, force: bool) -> dict:
     if run.finished and not force:
         raise DynafuseError("this run has finished already (use --force to train again, or `dynafuse eval`)",
                             run.path)
@@ -257,6 +330,8 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: bool = False, force: boo
         print(f"{cfg.model.name} {key}: {json.dumps(value, ensure_ascii=False)}")
     if t.init_from:  # e.g. KuDA's saved stage-1 weights, reused with train.skip_stages=[unimodal]
         load_weights(lit, Path(t.init_from), strict=False)
+    if resume and run.started and (run / CONFIG).exists():
+        check_resume(run, cfg, lit)
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(dump(cfg))
     train_cfg = OmegaConf.to_object(cfg.train)
@@ -278,8 +353,16 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: bool = False, force: boo
             continue
         trainer, ckpt, clock = _trainer(cfg, ckpt_dir, run, lit, stage)
         last = ckpt_dir / "last.ckpt"
-        trainer.fit(lit, loader(data, "train", cfg, True), loader(data, "valid", cfg, False),
-                    ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
+        try:
+            trainer.fit(lit, loader(data, "train", cfg, True), loader(data, "valid", cfg, False),
+                        ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
+        except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1): say it was an interrupt instead
+            if trainer.interrupted:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt from None
+            raise
+        if trainer.interrupted:
+            raise KeyboardInterrupt
         best = Path(ckpt.best_model_path or last)
         earlier += clock.before
         info["stages"][stage] = {"best": run.relative(best), "dataset": data.name,
@@ -302,21 +385,22 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: bool = False, force: boo
     return metrics
 
 
-def load_model(run_dir: str | Path) -> tuple[DictConfig, dict, LitMSA]:
+def load_model(run_dir: str | Path, allow_pickle: bool = False) -> tuple[DictConfig, dict, LitMSA]:
     """A finished run's config, run.json and selected model, without its data: the checkpoint carries the
-    train-split feature statistics, so new inputs need nothing else."""
+    train-split feature statistics, so new inputs need nothing else. `allow_pickle`: load a checkpoint that holds
+    more than plain weights (it can run code; only for files the user trusts)."""
     run = RunDir(run_dir)
     info = run.info()
     cfg = run_config(run)
     best = run.best_checkpoint()
     lit = new_module(cfg, info["input_dims"], float(info["value_range"]), info.get("model_context"))
-    load_weights(lit, best)
+    load_weights(lit, best, allow_pickle=allow_pickle)
     return cfg, info, lit
 
 
-def load_run(run_dir: str | Path) -> tuple[DictConfig, LitMSA, Bundle]:
+def load_run(run_dir: str | Path, allow_pickle: bool = False) -> tuple[DictConfig, LitMSA, Bundle]:
     """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint."""
-    cfg, info, lit = load_model(run_dir)
+    cfg, info, lit = load_model(run_dir, allow_pickle)
     bundle = prepare_data(cfg)
     expected = info["input_dims"]
     if bundle.input_dims() != expected:
@@ -325,7 +409,8 @@ def load_run(run_dir: str | Path) -> tuple[DictConfig, LitMSA, Bundle]:
     return cfg, lit, bundle
 
 
-def evaluate_run(run_dir: str | Path) -> dict:
-    cfg, lit, bundle = load_run(run_dir)
+def evaluate_run(run_dir: str | Path, allow_pickle: bool = False) -> dict:
+    """Re-evaluate a finished run's selected checkpoint: the same metrics.json, predictions.csv, ordinal.json."""
+    cfg, lit, bundle = load_run(run_dir, allow_pickle)
     return evaluate(lit, bundle, cfg, RunDir(run_dir))
 

@@ -16,9 +16,13 @@ Every read of a malformed file is a one-line `DataError` naming it.
 from __future__ import annotations
 
 import json
+import os
+import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+from filelock import FileLock, Timeout
 
 from ..errors import ConfigError, DataError, DynafuseError
 from ..files import atomic_write_json, atomic_write_text, safe_name
@@ -158,6 +162,25 @@ class RunDir:
 
     def write_json(self, name: str, obj) -> Path:
         return atomic_write_json(self.path / name, obj)
+
+    @contextmanager
+    def lock(self):
+        """Hold the folder's lock (`.lock`, an OS file lock that dies with its process) for a training run; a
+        second holder gets one DynafuseError line naming the process that has it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock, owner = FileLock(self.path / ".lock"), self.path / ".lock.owner"
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            who = owner.read_text(encoding="utf-8").strip() if owner.exists() else "another process"
+            raise DynafuseError(f"another training is using this run folder ({who}); wait for it, or choose "
+                                "another --out", self.path) from None
+        try:
+            owner.write_text(f"pid {os.getpid()} on {socket.gethostname()}", encoding="utf-8")
+            yield self
+        finally:
+            owner.unlink(missing_ok=True)
+            lock.release()
 
     def clear_results(self) -> None:
         """Before training again (--force): remove the finished marker first, then the other results."""
