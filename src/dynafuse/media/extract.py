@@ -29,6 +29,7 @@ import time
 import unicodedata
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -174,6 +175,9 @@ def _init_worker(cfg: dict, threads: int, parent: int) -> None:
     """Build the pipeline once per worker process (models load lazily on its first clip)."""
     global _PIPELINE
     die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the workers
+    if hasattr(signal, "pthread_sigmask"):  # started with SIGINT blocked (run_jobs): a pending one is dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.environ["DYNAFUSE_THREADS"] = str(threads)
     _PIPELINE = FeaturePipeline(cfg)
 
@@ -243,21 +247,39 @@ def run_jobs(jobs: list[Job], cfg: dict, workers: int, pipeline: FeaturePipeline
             yield extract_clip(job, pipeline)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
+    before = {p.pid for p in multiprocessing.active_children()}
     # spawn, not fork: the parent has torch/onnx thread pools that a forked child would inherit broken
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(cfg, threads, os.getpid()))
     try:
-        futures = [pool.submit(extract_clip, job) for job in jobs]
+        with _sigint_blocked():  # the workers start here; a Ctrl-C while they import must not reach them
+            futures = [pool.submit(extract_clip, job) for job in jobs]
         for f in as_completed(futures):
             yield f.result()
     except BrokenProcessPool:
         pool.shutdown(wait=False, cancel_futures=True)
         raise DynafuseError("a worker process died (out of memory, or a crash inside a media library); the "
                             "finished clips are cached: rerun the command, perhaps with fewer --workers") from None
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)  # a kill or Ctrl-C: drop the queue, keep what is cached
+    except BaseException:  # Ctrl-C or an error here: drop the queue and the clips in flight, keep what is cached
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in multiprocessing.active_children():
+            if p.pid not in before:  # this pool's workers: do not wait for their clips to finish
+                p.terminate()
         raise
     pool.shutdown()
+
+
+@contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread (and so in processes started meanwhile) until the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _progress(enabled: bool):
