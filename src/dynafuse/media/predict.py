@@ -9,8 +9,9 @@ A long clip is scored in windows (pipeline.py: at most the text model's max_len 
 all in one batch. The clip's score is the token-weighted mean of the window scores: each window weighs as many
 as its real text tokens, so every word counts once, whichever window it falls in. A window without words (a
 pause cut off in the unaligned layout) then weighs 0; when the model reads no text or nothing was said, windows
-weigh by their seconds instead. Gate weights are averaged the same way. The output says how much of the clip
-each modality covered: the seconds (and fraction) of the weighed windows in which the model used it.
+weigh by their seconds instead. Gate weights (and, in the 3-class task, class probabilities) are averaged the
+same way. The output says how much of the clip each modality covered: the seconds (and fraction) of the weighed
+windows in which the model used it.
 """
 
 from __future__ import annotations
@@ -139,7 +140,10 @@ class Predictor:
         frames.timings["model"] = time.perf_counter() - start
         weights = window_weights(windows, used.get("text"))
         share = weights / weights.sum()
-        score = float((out.pred.double().numpy() * share).sum())
+        if self.model.task == "3class":  # the weighted mean of the class probabilities, then its likeliest class
+            score = float((out.logits.softmax(-1).double().numpy() * share[:, None]).sum(0).argmax() - 1)
+        else:
+            score = float((out.pred.double().numpy() * share).sum())
         vr = float(self.info["value_range"])
         sign, level = polarity(score, vr, self.model.task)
         gates = {}
