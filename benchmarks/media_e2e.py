@@ -27,6 +27,7 @@ import json
 import os
 import pickle
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -331,8 +332,8 @@ def real_markdown(res: dict) -> list[str]:
              "removed); confidence = the ASR's mean log-probability per token and mean word probability. Below "
              f"{threshold:g} mean log-probability the transcript is refused: `predict` and `extract` say that a "
              "transcript is needed, and a given transcript is timed evenly instead of by the ASR's words.", "",
-             "| clip | language | dataset transcript | ASR transcript | WER | mean log-prob | mean word prob | ASR "
-             "transcript |", "|---|---|---|---|---|---|---|---|"]
+             "| clip | language | dataset transcript | ASR transcript | WER | mean log-prob | mean word prob | "
+             "verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         wer = f"**{r['wer']:.3f}**" if r["wer"] is not None else "-"
         lines.append(f"| {r['file']} | {r['language']} | {r['reference']} | {r['asr']} | {wer} | "
@@ -343,7 +344,9 @@ def real_markdown(res: dict) -> list[str]:
     lines += ["", f"On these clips the English log-probabilities are {min(en):.2f} to {max(en):.2f} and the Mandarin "
               f"ones {min(zh):.2f} to {max(zh):.2f}; the threshold {threshold:g} lies between them, {threshold - max(zh):.2f} "
               "above the highest Mandarin clip. With five clips this is a check, not a calibration: an English clip "
-              "with poor audio can fall below it (then give the transcript), and `media.asr.min_logprob` moves it.",
+              "with poor audio can fall below it (then give the transcript), and `media.asr.min_logprob` moves it. "
+              "Whisper decodes a segment it is unsure of again with sampling, so the refused transcripts (and their "
+              "log-probabilities) change from run to run; the accepted English ones do not.",
               ""]
     p = res["parity"]
     names = p["feature_names"]
@@ -441,7 +444,8 @@ def main() -> None:
     train_cmd = ["train", "--model", "early_fusion", "--dataset", f"path:{dataset}", "--out", run,
                  "train.progress=false", "train.max_epochs=30", "train.patience=10", "data.batch_size=4"]
     media_clips.run_tool([*DYNAFUSE, *train_cmd], timeout=None)
-    rel = lambda args: "dynafuse " + " ".join(str(x).replace(str(ROOT) + "/", "") for x in args)  # noqa: E731
+    root = re.compile(rf"(?<![\w/]){re.escape(str(ROOT))}/")  # ROOT/ where a path starts (also after "path:")
+    rel = lambda args: "dynafuse " + " ".join(root.sub("", str(x)) for x in args)  # noqa: E731
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                       f"torch {torch.__version__}", "threads": a.threads, "repeats": a.repeats,
            "sentence": media_clips.SENTENCE,

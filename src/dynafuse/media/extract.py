@@ -142,9 +142,10 @@ def clip_caches(out: Path, video_ids, clip_ids) -> list[Path]:
     share a file (on this file system or a case-insensitive one)."""
     video_ids, clip_ids = list(map(str, video_ids)), list(map(str, clip_ids))
     folders = _distinct(sorted(set(video_ids)))
-    names: dict[str, dict[str, str]] = {}
-    for v in set(video_ids):
-        names[v] = _distinct(sorted({c for vv, c in zip(video_ids, clip_ids) if vv == v}))
+    by_video: dict[str, set[str]] = {}
+    for v, c in zip(video_ids, clip_ids):
+        by_video.setdefault(v, set()).add(c)
+    names = {v: _distinct(sorted(clips)) for v, clips in by_video.items()}
     paths = [out / "clips" / folders[v] / f"{names[v][c]}.npz" for v, c in zip(video_ids, clip_ids)]
     seen: dict[str, int] = {}
     for i, p in enumerate(paths):
