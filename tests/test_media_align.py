@@ -49,7 +49,7 @@ def test_sub_tokens_share_their_word_span_and_special_tokens_span_the_clip():
     t = Transcript("I loved unbelievably", [Word("I", 0.0, 0.2), Word("loved", 0.2, 0.6),
                                            Word("unbelievably", 0.6, 1.5)], "given+asr-timing")
     _, word_of = token_words(t.text, "minilm", 50)
-    spans = token_spans(t, "minilm", 50, duration=2.0)
+    spans = token_spans(t, "minilm", 50, span=(0.0, 2.0))
     assert len(spans) == len(word_of) and (word_of == 2).sum() > 1  # "unbelievably" is split into sub-tokens
     np.testing.assert_allclose(spans[word_of == 2], [[0.6, 1.5]] * int((word_of == 2).sum()))
     np.testing.assert_allclose(spans[word_of == 1], [[0.2, 0.6]])

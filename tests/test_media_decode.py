@@ -227,3 +227,33 @@ def test_normalised_landmarks_ignore_position_and_scale():
     points = rng.normal(size=(478, 3)).astype(np.float32)
     moved = points * 3.5 + np.array([100, -20, 7], np.float32)
     np.testing.assert_allclose(normalise_landmarks(moved), normalise_landmarks(points), atol=1e-4)
+
+
+# ---------------------------------------------------------------- rotated (phone) videos
+
+@pytest.mark.parametrize("name", ["rot90", "rot180", "rot270"])
+def test_display_rotation_is_applied(media_clips, clips, name):
+    """Pixels stored turned, with the display rotation that turns them upright: decoded upright, every angle."""
+    upright = clips["speech_face"]
+    turned = decode(media_clips[name], audio=False)
+    assert turned.frames.shape[1:] == upright.frames.shape[1:] == (360, 640, 3)
+    n = min(len(turned.frames), len(upright.frames))
+    diff = np.abs(turned.frames[:n].astype(float) - upright.frames[:n]).mean()
+    assert diff < 6, f"{name}: frames differ from the upright clip by {diff:.1f} grey levels"  # re-encoding only
+    # a 90-degree mistake changes the shape; a turn the wrong way (or none, for 180) leaves the image upside down
+    upside_down = np.abs(upright.frames[:n, ::-1, ::-1].astype(float) - upright.frames[:n]).mean()
+    assert upside_down > 3 * diff
+
+
+@pytest.mark.parametrize("name", ["rot90", "rot180", "rot270"])
+def test_faces_in_rotated_videos_read_as_upright(media_clips, clips, face, name):
+    """FaceMesh and facex see the upright face: same validity, landmarks and expression as the upright clip."""
+    want = face(clips["speech_face"])
+    got = face(decode(media_clips[name], audio=False))
+    n = min(len(want.times), len(got.times))
+    assert got.valid[:n].mean() >= 0.8 and (got.valid[:n] == want.valid[:n]).mean() >= 0.9
+    both = got.valid[:n] & want.valid[:n]
+    points = lambda f: f.values[:n][both, :1434].reshape(-1, 478, 3)[..., :2]  # noqa: E731
+    assert np.abs(points(got) - points(want)).mean() < 0.05  # unit-RMS-radius landmarks
+    happy = EXPRESSIONS.index("happy")
+    assert (got.values[:n][both, 1434:].argmax(1) == happy).mean() >= 0.5

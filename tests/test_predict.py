@@ -112,3 +112,27 @@ def test_text_extractor_matches_training_features(media_clips):
     states, n = frozen.encode(SENTENCE)
     want = token_states(load_backbone("minilm").eval(), ids, lengths)
     assert states.shape == (1, 50, 384) and np.allclose(states, want, atol=1e-3)
+
+
+def test_long_clip_is_scored_in_windows_over_the_whole_clip(predictor, media_clips, tmp_path):
+    """The synthetic test clip looped to 20 s: ~90 tokens of transcript, so more than one 50-token window; every
+    word is scored, the score is the token-weighted mean of the window scores, coverage is reported."""
+    from media_clips import loop_clip
+
+    clip = loop_clip(media_clips["speech_face"], 20, tmp_path / "long.mp4")
+    r = predictor(clip)
+    windows = r["windows"]
+    assert len(windows) >= 2 and windows[0]["start"] == 0 and windows[-1]["end"] == pytest.approx(r["duration"])
+    assert all(a["end"] == b["start"] for a, b in zip(windows, windows[1:]))
+    assert all(0 < w["tokens"] <= 48 for w in windows)
+    total = sum(w["tokens"] for w in windows)
+    assert r["score"] == pytest.approx(sum(w["score"] * w["tokens"] / total for w in windows), abs=1e-3)
+    assert [w["weight"] for w in windows] == pytest.approx([w["tokens"] / total for w in windows], abs=1e-3)
+    words = len(r["transcript"].split())
+    assert words >= 40 and r["coverage"]["text"] == {"seconds": pytest.approx(r["duration"], abs=0.01),
+                                                     "fraction": pytest.approx(1.0, abs=1e-3),
+                                                     "windows": len(windows), "words": f"{words}/{words}"}
+    for m in ("audio", "vision"):
+        assert r["coverage"][m]["windows"] == len(windows) and r["coverage"][m]["fraction"] == pytest.approx(1.0)
+    short = predictor(media_clips["speech_face"])
+    assert len(short["windows"]) == 1 and short["windows"][0]["score"] == pytest.approx(short["score"], abs=1e-4)

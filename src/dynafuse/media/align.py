@@ -3,18 +3,22 @@
 The transcript is tokenized exactly as data/text.py `tokenize` does at train time (same tokenizer, max_len and
 truncation), so the aligned sequences have the text's token length. Each sub-token maps (through the fast
 tokenizer's character offsets) to its word and so to the word's time span; special tokens ([CLS], [SEP]) span the
-whole clip. An extractor's valid frames are averaged over each span.
+whole clip (or the whole window, when a long clip is scored in windows). An extractor's valid frames are averaged
+over each span.
+
+MMSA-FET, where most published word-aligned features come from, differs in three ways (benchmarks/media_e2e.py
+measures the effect): it averages every frame, silent or not, whose centre lies in [start, end) of a word; its
+special tokens are zero vectors; and its word times come from CTC segmentation, ours from whisper.
 """
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 
 import numpy as np
 
 from ..errors import ConfigError
-from .asr import Transcript
+from .asr import WORD_RE, Transcript
 
 
 @lru_cache(maxsize=4)
@@ -29,14 +33,15 @@ def tokenizer(backbone: str | None):
     return tok
 
 
-def token_words(text: str, backbone: str | None, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+def token_words(text: str, backbone: str | None, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Token ids (L,) as `tokenize` makes them (without padding) and each token's word index (-1: special token).
 
-    Words are the whitespace-separated pieces of `text`, as in `Transcript.words`."""
+    Words are the pieces `asr.split_words` finds in `text`, as in `Transcript.words`. `max_len` None: no
+    truncation (to count the tokens of a long transcript)."""
     tok = tokenizer(backbone)
-    enc = tok(str(text), truncation=True, max_length=max_len, return_offsets_mapping=True,
+    enc = tok(str(text), truncation=max_len is not None, max_length=max_len, return_offsets_mapping=True,
               return_special_tokens_mask=True)
-    word_starts = np.array([m.start() for m in re.finditer(r"\S+", str(text))], dtype=np.int64)
+    word_starts = np.array([m.start() for m in WORD_RE.finditer(str(text))], dtype=np.int64)
     word_of = np.full(len(enc["input_ids"]), -1, dtype=np.int64)
     for i, ((start, end), special) in enumerate(zip(enc["offset_mapping"], enc["special_tokens_mask"])):
         if not special and end > start:  # its last character: inside the word even if the offset took a space
@@ -44,10 +49,17 @@ def token_words(text: str, backbone: str | None, max_len: int) -> tuple[np.ndarr
     return np.asarray(enc["input_ids"], dtype=np.int64), word_of
 
 
-def token_spans(transcript: Transcript, backbone: str | None, max_len: int, duration: float) -> np.ndarray:
-    """(L, 2) start/end seconds per token: its word's span; special tokens get the whole clip."""
+def word_tokens(text: str, backbone: str | None) -> np.ndarray:
+    """How many sub-tokens each word of `text` has (W,), special tokens not counted, nothing truncated."""
+    _, word_of = token_words(text, backbone, None)
+    return np.bincount(word_of[word_of >= 0], minlength=len(WORD_RE.findall(str(text))))
+
+
+def token_spans(transcript: Transcript, backbone: str | None, max_len: int,
+                span: tuple[float, float]) -> np.ndarray:
+    """(L, 2) start/end seconds per token: its word's span; special tokens get `span` (the clip or window)."""
     _, word_of = token_words(transcript.text, backbone, max_len)
-    spans = np.tile(np.array([0.0, max(duration, 0.0)]), (len(word_of), 1))
+    spans = np.tile(np.array([span[0], max(span[1], span[0])]), (len(word_of), 1))
     for i, w in enumerate(word_of):
         if 0 <= w < len(transcript.words):
             spans[i] = transcript.words[w].start, transcript.words[w].end
@@ -77,7 +89,8 @@ def pool_frames(times: np.ndarray, values: np.ndarray, valid: np.ndarray,
 
 
 def align(transcript: Transcript, frames, backbone: str | None, max_len: int,
-          duration: float) -> tuple[np.ndarray, np.ndarray]:
-    """An extractor's `Frames` pooled per token of `transcript` -> (L, D) float32 and (L,) valid flags."""
-    spans = token_spans(transcript, backbone, max_len, duration)
+          span: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """An extractor's `Frames` pooled per token of `transcript` -> (L, D) float32 and (L,) valid flags;
+    special tokens pool over `span` (seconds: the clip, or the window being scored)."""
+    spans = token_spans(transcript, backbone, max_len, span)
     return pool_frames(frames.times, frames.values, frames.valid, spans)

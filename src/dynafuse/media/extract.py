@@ -3,7 +3,9 @@
 Input:  SRC/label.csv (video_id, clip_id, text, label, [label_T, label_A, label_V], mode) and
         SRC/Raw/<video_id>/<clip_id>.mp4 (any other media extension is found too).
 Output: OUT/clips/<video_id>/<clip_id>.npz  one per clip, written atomically as soon as it is done: a rerun skips
-                                            them, so a killed run loses at most the clips in flight;
+                                            them, so a killed run loses at most the clips in flight (the names
+                                            are the ids, escaped where a file system cannot hold them: see
+                                            `path_part`);
         OUT/errors.csv                      clips that failed (video_id, clip_id, path, reason); the run goes on;
         OUT/label.csv                       the clips that worked, grouped by split, with the transcript used;
         OUT/{audio,vision}.npy + *_lengths.npy   (N, T, D) float32, zero-padded, read back memory-mapped;
@@ -13,12 +15,19 @@ Output: OUT/clips/<video_id>/<clip_id>.npz  one per clip, written atomically as 
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import multiprocessing
 import os
+import re
+import signal
+import threading
 import time
+import unicodedata
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +36,7 @@ import numpy as np
 
 from ..data.tables import SPLITS, UNI_COLUMNS, label_range, read_label_csv
 from ..errors import ConfigError, DataError, DynafuseError
-from ..files import atomic_save_npy, atomic_write, atomic_write_csv, atomic_write_json, safe_name
+from ..files import atomic_save_npy, atomic_write, atomic_write_csv, atomic_write_json
 from .asr import check_asr
 from .pipeline import MEDIA_MODALITIES, ClipFeatures, FeaturePipeline
 
@@ -36,6 +45,7 @@ MEDIA_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".m
                     ".flac", ".m4a", ".aac", ".ogg", ".opus")
 ERROR_COLUMNS = ("video_id", "clip_id", "path", "reason")
 EMPTY_TEXT_NOTE = "empty label text: transcribed by ASR"
+CACHE_LAYOUT = 2  # 2: clip names escaped by path_part, each cached clip holds its ids
 
 
 @dataclass
@@ -69,20 +79,85 @@ def find_media(src: Path, video_id: str, clip_id: str) -> Path | None:
     first = folder / f"{clip_id}.mp4"
     if first.is_file():
         return first
-    found = [p for p in folder.glob(f"{clip_id}.*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file()]
+    found = [p for p in folder.glob(f"{glob.escape(clip_id)}.*") if p.suffix.lower() in MEDIA_EXTENSIONS
+             and p.is_file()]
     return sorted(found)[0] if found else None
 
 
-def clip_cache(out: Path, video_id: str, clip_id: str) -> Path:
-    """Where one clip's features are cached: a rerun skips the clips found here."""
-    return out / "clips" / safe_name(str(video_id)) / f"{safe_name(str(clip_id))}.npz"
+# ---- ids -> cache paths, one to one -------------------------------------------------------------
+
+# What Linux, macOS or Windows cannot hold in a name (control characters, separators, Windows' reserved
+# characters), plus our own escape characters % and ~.
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|%~]')
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+_MAX_BYTES = 200  # below the usual 255-byte limit of a name, leaving room for ".npz" and a temporary suffix
+
+
+def _escape(ch: str) -> str:
+    return "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
+
+
+def _digest(name: str, n: int) -> str:
+    return hashlib.sha1(name.encode("utf-8")).hexdigest()[:n]
+
+
+def path_part(name: str) -> str:
+    """One id as one file-name component, one to one: Unicode is kept; what a file system cannot hold is
+    %-escaped (%XX per UTF-8 byte, and % itself), as are a leading or trailing dot or space (Windows drops
+    them; "." and ".." are not names) and the first letter of a Windows device name (CON, NUL, COM1...).
+    A name still longer than 200 bytes keeps its start and ends in ~ and a hash of the whole id. "" -> "%"."""
+    if name == "":
+        return "%"
+    out = _UNSAFE.sub(lambda m: _escape(m.group()), name)
+    if out.split(".")[0].upper() in _RESERVED or out[0] in ". ":
+        out = _escape(out[0]) + out[1:]
+    if out[-1] in ". ":
+        out = out[:-1] + _escape(out[-1])
+    if len(out.encode("utf-8")) > _MAX_BYTES:
+        head = out.encode("utf-8")[:_MAX_BYTES - 20].decode("utf-8", "ignore")
+        out = f"{head}~{_digest(name, 16)}"
+    return out
+
+
+def _fold(name: str) -> str:
+    """What a case-insensitive, Unicode-normalising file system (macOS, Windows) sees of a name."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def _distinct(names: list[str]) -> dict[str, str]:
+    """Each name's `path_part`; names whose parts differ only in case or Unicode normalisation (one file on
+    macOS or Windows) each get ~ and a hash of the name, so they stay apart there too."""
+    groups: dict[str, set[str]] = {}
+    for n in names:
+        groups.setdefault(_fold(path_part(n)), set()).add(n)
+    return {n: path_part(n) + (f"~{_digest(n, 8)}" if len(groups[_fold(path_part(n))]) > 1 else "")
+            for n in names}
+
+
+def clip_caches(out: Path, video_ids, clip_ids) -> list[Path]:
+    """OUT/clips/<video_id>/<clip_id>.npz for each row, one to one: a DataError when two rows would still
+    share a file (on this file system or a case-insensitive one)."""
+    video_ids, clip_ids = list(map(str, video_ids)), list(map(str, clip_ids))
+    folders = _distinct(sorted(set(video_ids)))
+    by_video: dict[str, set[str]] = {}
+    for v, c in zip(video_ids, clip_ids):
+        by_video.setdefault(v, set()).add(c)
+    names = {v: _distinct(sorted(clips)) for v, clips in by_video.items()}
+    paths = [out / "clips" / folders[v] / f"{names[v][c]}.npz" for v, c in zip(video_ids, clip_ids)]
+    seen: dict[str, int] = {}
+    for i, p in enumerate(paths):
+        j = seen.setdefault(_fold(str(p)), i)
+        if j != i:
+            raise DataError(f"clips {video_ids[j]}/{clip_ids[j]} and {video_ids[i]}/{clip_ids[i]} would be cached "
+                            f"in the same file {p.relative_to(out)}", out)
+    return paths
 
 
 def make_jobs(src: Path, out: Path, table: dict[str, np.ndarray], transcripts: str) -> list[Job]:
     jobs = []
-    for vid, cid, text in zip(table["video_id"], table["clip_id"], table["text"]):
+    caches = clip_caches(out, table["video_id"], table["clip_id"])
+    for vid, cid, text, cache in zip(table["video_id"], table["clip_id"], table["text"], caches):
         media = find_media(src, vid, cid)
-        cache = clip_cache(out, vid, cid)
         given = str(text).strip() if transcripts == "label" else None
         jobs.append(Job(str(vid), str(cid), None if media is None else str(media), given or None, str(cache),
                         EMPTY_TEXT_NOTE if given == "" else ""))
@@ -94,18 +169,44 @@ def make_jobs(src: Path, out: Path, table: dict[str, np.ndarray], transcripts: s
 _PIPELINE: FeaturePipeline | None = None
 
 
-def _init_worker(cfg: dict, threads: int) -> None:
+def _init_worker(cfg: dict, threads: int, parent: int) -> None:
     """Build the pipeline once per worker process (models load lazily on its first clip)."""
     global _PIPELINE
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the workers
+    if hasattr(signal, "pthread_sigmask"):  # started with SIGINT blocked (run_jobs): a pending one is dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     os.environ["DYNAFUSE_THREADS"] = str(threads)
     _PIPELINE = FeaturePipeline(cfg)
 
 
-def save_clip(path: str | Path, feats: ClipFeatures, note: str = "") -> None:
-    """One clip's features as an .npz (no pickled objects), atomically."""
+def die_with_parent(parent: int) -> None:
+    """End this worker when its parent process `parent` dies, however it dies (SIGKILL included): Linux's
+    PR_SET_PDEATHSIG, or elsewhere a thread that checks the parent every second. Without it a killed
+    `dynafuse extract` leaves its workers blocked on the task pipe, each holding its models."""
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) != 0:  # 1: PR_SET_PDEATHSIG
+            raise OSError("prctl failed")
+    except (OSError, AttributeError):
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def save_clip(path: str | Path, feats: ClipFeatures, note: str = "", ids: tuple[str, str] = ("", "")) -> None:
+    """One clip's features as an .npz (no pickled objects), atomically, with its (video_id, clip_id)."""
     t = feats.transcript
     info = {"source": t.source, "present": feats.present, "timings": feats.timings, "note": note,
-            "lengths": {"audio": len(feats.audio), "vision": len(feats.vision)}}
+            "lengths": {"audio": len(feats.audio), "vision": len(feats.vision)},
+            "video_id": ids[0], "clip_id": ids[1]}
     arrays = {"audio": feats.audio.astype(np.float32), "vision": feats.vision.astype(np.float32),
               "text": np.array(t.text), "words": np.array([w.text for w in t.words], dtype=str),
               "starts": np.array([w.start for w in t.words], np.float32),
@@ -125,7 +226,8 @@ def extract_clip(job: Job, pipeline: FeaturePipeline | None = None) -> dict:
     try:
         if job.media is None:
             raise DataError(f"no media file Raw/{job.video_id}/{job.clip_id}.* (tried {', '.join(MEDIA_EXTENSIONS)})")
-        save_clip(job.cache, (pipeline or _PIPELINE)(job.media, transcript=job.text), job.note)
+        save_clip(job.cache, (pipeline or _PIPELINE)(job.media, transcript=job.text), job.note,
+                  (job.video_id, job.clip_id))
     except DynafuseError as e:
         result["reason"] = e.problem
     except Exception as e:  # noqa: BLE001 - one odd clip (a decoder or model crash) must not end a long run
@@ -143,21 +245,39 @@ def run_jobs(jobs: list[Job], cfg: dict, workers: int, pipeline: FeaturePipeline
             yield extract_clip(job, pipeline)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
+    before = {p.pid for p in multiprocessing.active_children()}
     # spawn, not fork: the parent has torch/onnx thread pools that a forked child would inherit broken
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(cfg, threads))
+                               initializer=_init_worker, initargs=(cfg, threads, os.getpid()))
     try:
-        futures = [pool.submit(extract_clip, job) for job in jobs]
+        with _sigint_blocked():  # the workers start here; a Ctrl-C while they import must not reach them
+            futures = [pool.submit(extract_clip, job) for job in jobs]
         for f in as_completed(futures):
             yield f.result()
     except BrokenProcessPool:
         pool.shutdown(wait=False, cancel_futures=True)
         raise DynafuseError("a worker process died (out of memory, or a crash inside a media library); the "
                             "finished clips are cached: rerun the command, perhaps with fewer --workers") from None
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)  # a kill or Ctrl-C: drop the queue, keep what is cached
+    except BaseException:  # Ctrl-C or an error here: drop the queue and the clips in flight, keep what is cached
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in multiprocessing.active_children():
+            if p.pid not in before:  # this pool's workers: do not wait for their clips to finish
+                p.terminate()
         raise
     pool.shutdown()
+
+
+@contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread (and so in processes started meanwhile) until the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _progress(enabled: bool):
@@ -226,13 +346,18 @@ def _width(spec: dict, m: str, infos: list[dict]) -> int:
     return max(1, min(cap, max(i["lengths"][m] for i in infos)))
 
 
-def _clip_info(cache: Path) -> dict:
-    """A cached clip's transcript and info (the feature arrays are not read)."""
+def _clip_info(cache: Path, video_id: str, clip_id: str) -> dict:
+    """A cached clip's transcript and info (the feature arrays are not read); it must hold this clip's ids."""
     try:
         with np.load(cache, allow_pickle=False) as z:
-            return {**json.loads(str(z["info"])), "text": str(z["text"])}
+            info = {**json.loads(str(z["info"])), "text": str(z["text"])}
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
         raise DataError(f"unreadable cached clip ({e}); delete it and rerun to extract it again", cache) from None
+    held = (info.get("video_id"), info.get("clip_id"))
+    if held != (video_id, clip_id):
+        raise DataError(f"holds the features of clip {held[0]}/{held[1]}, not {video_id}/{clip_id}: their "
+                        "ids collide in this file system's names", cache)
+    return info
 
 
 def _label_csv(path: Path, table: dict[str, np.ndarray], rows: np.ndarray, infos: list[dict]) -> list[str]:
@@ -254,12 +379,12 @@ def _label_csv(path: Path, table: dict[str, np.ndarray], rows: np.ndarray, infos
 def assemble(out: Path, table: dict[str, np.ndarray], spec: dict, meta: dict) -> dict:
     """Every cached clip of the table -> OUT/label.csv, OUT/{audio,vision}.npy (+ lengths), then OUT/meta.json."""
     (out / "meta.json").unlink(missing_ok=True)  # no meta.json: the arrays are being rewritten
-    caches = [clip_cache(out, v, c) for v, c in zip(table["video_id"], table["clip_id"])]
+    caches = clip_caches(out, table["video_id"], table["clip_id"])
     rows = _split_order(table, np.array([c.exists() for c in caches], dtype=bool))
     if not len(rows):
         raise DataError("no clip could be extracted (see errors.csv)", out / "errors.csv")
     kept = [caches[r] for r in rows]
-    infos = [_clip_info(c) for c in kept]
+    infos = [_clip_info(caches[r], str(table["video_id"][r]), str(table["clip_id"][r])) for r in rows]
     present = {}
     for m in MEDIA_MODALITIES:
         if spec.get(m):
@@ -298,7 +423,8 @@ def extract_dataset(src: str | Path, out: str | Path, workers: int = 1, layout: 
             raise ConfigError("some clips need ASR transcripts, but the media config switches ASR off",
                               src / "label.csv")
         check_asr(pipeline.asr_model)
-    _check_cache(out, {"feature_spec": spec, "transcripts": transcripts, "asr": pipeline.asr_model})
+    _check_cache(out, {"feature_spec": spec, "transcripts": transcripts, "asr": pipeline.asr_model,
+                       "min_logprob": pipeline.min_logprob, "clip_cache": CACHE_LAYOUT})
     jobs = make_jobs(src, out, table, transcripts)
     todo = [j for j in jobs if not Path(j.cache).exists()]
     failures = []

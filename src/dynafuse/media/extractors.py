@@ -1,9 +1,13 @@
-"""Frame-level feature extractors: a decoded `Clip` in, a `Frames` sequence out.
+"""Frame-level feature extractors: a clip's audio and frames in, a `Frames` sequence out.
 
 Each extractor is registered by name, so configs and feature specs refer to it as a string:
 "backbone" (text: the backbone's token ids, or its frozen token states), "egemaps" and "compare" (openSMILE
 low-level descriptors, 100 Hz) and "face" (mediapipe FaceMesh landmarks and facex expression probabilities at
 `fps`). Models load lazily, once per extractor instance.
+
+Extractors stream: `extractor.stream()` takes a clip's audio chunks and frames in time order as the decoder
+gives them and keeps only the per-frame features, so a long clip costs memory for its features, not for its
+samples or images. `extractor(clip)` runs the same stream over a decoded `Clip`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, DynafuseError
-from .decode import INSTALL_HINT, Clip, require
+from .decode import INSTALL_HINT, Clip, TimeSampler, require
 
 EXTRACTORS: dict[str, type[Extractor]] = {}
 
@@ -36,8 +40,21 @@ class Frames:
         return cls(np.zeros(0, np.float32), np.zeros((0, dim), np.float32), np.zeros(0, bool))
 
 
+class FrameStream:
+    """Incremental extraction for one clip: feed `audio` chunks / `frame`s in time order, then `finish()`."""
+
+    def audio(self, t0: float, samples: np.ndarray, sample_rate: int) -> None:
+        """`samples` (n,) float32 mono starting at `t0` seconds (chunks follow each other without gaps)."""
+
+    def frame(self, t: float, image: np.ndarray) -> None:
+        """`image` (H, W, 3) uint8 RGB shown at `t` seconds."""
+
+    def finish(self) -> Frames:
+        raise NotImplementedError
+
+
 class Extractor:
-    """Base class. Subclasses set `modality`, `defaults` (their options) and implement `dim`, `rate`, `__call__`."""
+    """Base class. Subclasses set `modality`, `defaults` (their options) and implement `dim`, `rate`, `stream`."""
 
     name: str = ""
     modality: str = ""
@@ -59,8 +76,18 @@ class Extractor:
         """Frames per second of the output."""
         raise NotImplementedError
 
-    def __call__(self, clip: Clip) -> Frames:
+    def stream(self) -> FrameStream:
+        """A fresh `FrameStream` for one clip."""
         raise NotImplementedError
+
+    def __call__(self, clip: Clip) -> Frames:
+        """The features of a decoded clip: its audio or frames through `stream()`."""
+        s = self.stream()
+        if self.modality == "audio" and clip.audio.size:
+            s.audio(0.0, clip.audio, clip.sample_rate)
+        for t, image in zip(clip.frame_times, clip.frames) if self.modality == "vision" else ():
+            s.frame(float(t), image)
+        return s.finish()
 
     def spec(self) -> dict:
         return {"extractor": self.name, "modality": self.modality, "dim": self.dim, "rate": self.rate,
@@ -112,28 +139,39 @@ class BackboneText(Extractor):
 
     def encode(self, text: str) -> tuple[np.ndarray, int]:
         """(1, L) int64 token ids or (1, L, H) float32 states, and the number of real tokens."""
+        values, lengths = self.encode_batch([text])
+        return values, int(lengths[0])
+
+    def encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(N, L) int64 token ids or (N, L, H) float32 states of N texts (L = max_len, zero padded), and the
+        real tokens of each (N,)."""
         from ..data.text import load_backbone, token_states, tokenize
 
-        ids, lengths = tokenize([text], self.options["backbone"], int(self.options["max_len"]))
+        ids, lengths = tokenize(list(texts), self.options["backbone"], int(self.options["max_len"]))
         if self.options["finetune"]:
-            return ids, int(lengths[0])
+            return ids, lengths
         if self._model is None:
             self._model = load_backbone(self.options["backbone"]).eval()
-        return token_states(self._model, ids, lengths).astype(np.float32), int(lengths[0])
+        return token_states(self._model, ids, lengths).astype(np.float32), lengths
 
-    def __call__(self, clip: Clip) -> Frames:
+    def stream(self) -> FrameStream:
         raise ConfigError("the text extractor reads a transcript: call encode(text)")
 
 
 # ---------------------------------------------------------------- audio: openSMILE low-level descriptors
 
 class _OpenSmile(Extractor):
-    """openSMILE LLDs at 100 Hz. A frame is valid when its RMS level is above `silence_db` dBFS."""
+    """openSMILE LLDs at 100 Hz. A frame is valid when its RMS level is above `silence_db` dBFS.
+
+    Long audio is processed in chunks of `CHUNK_S` seconds, each with `CONTEXT_S` seconds of audio on both sides
+    that is analysed but not kept, so windows, smoothing and the pitch tracker see what they would see on the
+    whole signal (tests/test_media_decode.py checks chunked against whole-signal LLDs)."""
 
     modality = "audio"
     defaults = {"silence_db": -50.0}
     feature_set = ""
     n_features = 0
+    CHUNK_S, CONTEXT_S = 30.0, 2.0
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -154,22 +192,78 @@ class _OpenSmile(Extractor):
                                           feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
         return self._smile
 
-    def __call__(self, clip: Clip) -> Frames:
-        if clip.audio.size == 0:
-            return Frames.empty(self.dim)
+    def stream(self) -> FrameStream:
+        return _SmileStream(self)
+
+    def lld(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """LLDs of a signal: frame start and end (seconds from its first sample), values (T, D) with NaN kept."""
         with warnings.catch_warnings():  # a clip shorter than one window: one NaN row and a warning
             warnings.simplefilter("ignore", UserWarning)
-            table = self._model().process_signal(clip.audio, clip.sample_rate)
-        values = table.to_numpy(np.float32)
-        if values.size == 0 or np.isnan(values).all():
-            return Frames.empty(self.dim)
+            table = self._model().process_signal(audio, sample_rate)
         start = table.index.get_level_values("start").total_seconds().to_numpy()
         end = table.index.get_level_values("end").total_seconds().to_numpy()
-        end = start + (end[0] - start[0])  # the last window is cut at the end of the signal: use the full width
-        level = _rms_db(clip.audio, clip.sample_rate, start, end)
+        if len(start):
+            end = start + (end[0] - start[0])  # the last window is cut at the end of the signal: the full width
+        return start, end, table.to_numpy(np.float32)
+
+
+class _SmileStream(FrameStream):
+    """Buffers audio; every CHUNK_S seconds analyses [chunk - context, chunk + context] and keeps the chunk's
+    frames (those whose window starts inside it). Buffer starts stay on the 10 ms frame grid, so the frames
+    are the whole signal's frames."""
+
+    def __init__(self, ext: _OpenSmile):
+        self.ext = ext
+        self.parts: list[np.ndarray] = []
+        self.offset = 0   # sample index of the buffer's first sample
+        self.done = 0     # frames starting before this sample index are emitted
+        self.size = 0     # samples buffered
+        self.sample_rate = 0
+        self.out: list[tuple[np.ndarray, ...]] = []
+
+    def audio(self, t0: float, samples: np.ndarray, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.parts.append(np.asarray(samples, np.float32))
+        self.size += len(samples)
+        hop, chunk, context = self._grid()
+        while hop and self.offset + self.size >= self.done + chunk + context:
+            self._analyse(self.done + chunk, hop, context)
+
+    def _grid(self) -> tuple[int, int, int]:
+        """Hop, chunk and context in samples, on the frame grid (hop 0: no chunking, for odd rates)."""
+        sr = self.sample_rate
+        if sr % 100:
+            return 0, 0, 0
+        hop = sr // 100
+        return hop, round(self.ext.CHUNK_S * 100) * hop, round(self.ext.CONTEXT_S * 100) * hop
+
+    def _analyse(self, end: int | None, hop: int, context: int) -> None:
+        """Frames starting in [done, end) (end None: to the end of the signal), then drop spent samples."""
+        x = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        start, stop, values = self.ext.lld(x, self.sample_rate)
+        first = self.offset / self.sample_rate
+        global_start = start + first
+        keep = global_start >= self.done / self.sample_rate - 1e-6
+        if end is not None:
+            keep &= global_start < end / self.sample_rate - 1e-6
+        level = _rms_db(x, self.sample_rate, start[keep], stop[keep])
+        self.out.append((global_start[keep], stop[keep] + first, values[keep], level))
+        if end is not None:
+            cut = max(end - context - self.offset, 0)  # keep the left context of the next chunk
+            self.parts, self.offset, self.size, self.done = [x[cut:]], self.offset + cut, len(x) - cut, end
+
+    def finish(self) -> Frames:
+        if self.size:
+            hop, _, context = self._grid()
+            self._analyse(None, hop, context)
+        if not self.out:
+            return Frames.empty(self.ext.dim)
+        start, end, values, level = (np.concatenate(parts) for parts in zip(*self.out))
+        if values.size == 0 or np.isnan(values).all():
+            return Frames.empty(self.ext.dim)
         return Frames(times=((start + end) / 2).astype(np.float32),
                       values=np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0),
-                      valid=level > self.options["silence_db"])
+                      valid=level > self.ext.options["silence_db"])
 
 
 def _rms_db(audio: np.ndarray, sample_rate: int, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -233,21 +327,8 @@ class Face(Extractor):
     def rate(self) -> float:
         return float(self.options["fps"])
 
-    def __call__(self, clip: Clip) -> Frames:
-        keep = subsample(clip.frame_times, self.rate)
-        if keep.size == 0:
-            return Frames.empty(self.dim)
-        mesh = self._face_mesh()
-        mesh.reset()  # tracking must not carry a face over from the previous clip
-        values = np.zeros((keep.size, self.dim), np.float32)
-        valid = np.zeros(keep.size, bool)
-        for row, i in enumerate(keep):
-            points = _landmarks(mesh, clip.frames[i])
-            if points is not None:
-                values[row] = self._features(clip.frames[i], points)
-                valid[row] = np.isfinite(values[row]).all()
-        return Frames(times=clip.frame_times[keep].astype(np.float32),
-                      values=np.where(valid[:, None], values, 0.0).astype(np.float32), valid=valid)
+    def stream(self) -> FrameStream:
+        return _FaceStream(self)
 
     def _features(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
         parts = []
@@ -276,14 +357,41 @@ class Face(Extractor):
         return net.get_tensor(net.get_output_details()[0]["index"])[0].astype(np.float32)
 
 
+class _FaceStream(FrameStream):
+    """Landmarks and expressions of each frame at the extractor's rate, as the frames arrive."""
+
+    def __init__(self, ext: Face):
+        self.ext = ext
+        self.sampler = TimeSampler(ext.rate)
+        self.mesh = None  # loaded at the first frame: an audio-only file never needs it
+        self.times: list[float] = []
+        self.rows: list[np.ndarray] = []
+        self.valid: list[bool] = []
+
+    def frame(self, t: float, image: np.ndarray) -> None:
+        if not self.sampler.take(t):
+            return
+        if self.mesh is None:
+            self.mesh = self.ext._face_mesh()
+            self.mesh.reset()  # tracking must not carry a face over from the previous clip
+        points = _landmarks(self.mesh, image)
+        row = self.ext._features(image, points) if points is not None else None
+        ok = row is not None and bool(np.isfinite(row).all())
+        self.times.append(t)
+        self.rows.append(row.astype(np.float32) if ok else np.zeros(self.ext.dim, np.float32))
+        self.valid.append(ok)
+
+    def finish(self) -> Frames:
+        if not self.times:
+            return Frames.empty(self.ext.dim)
+        return Frames(times=np.asarray(self.times, np.float32), values=np.stack(self.rows),
+                      valid=np.asarray(self.valid, bool))
+
+
 def subsample(times: np.ndarray, fps: float) -> np.ndarray:
     """Indices of the first frame at or after each target time k/fps (all frames when they are sparser)."""
-    keep, next_time = [], 0.0
-    for i, t in enumerate(times):
-        if t + 1e-3 >= next_time:
-            keep.append(i)
-            next_time = (np.floor((t + 1e-3) * fps) + 1) / fps
-    return np.asarray(keep, dtype=int)
+    sampler = TimeSampler(fps)
+    return np.asarray([i for i, t in enumerate(times) if sampler.take(float(t))], dtype=int)
 
 
 def _landmarks(mesh, image: np.ndarray) -> np.ndarray | None:

@@ -1,10 +1,20 @@
 """One clip in, model-ready features out: decode -> audio/vision extractors -> transcript (ASR or given) -> layout.
 
+The clip is streamed (decode.open_media): audio chunks go to the audio extractor and the ASR as they are decoded,
+frames to the vision extractor, and only per-frame features are kept (`ClipFrames`), so memory does not grow
+with the clip's length beyond those features. A layout then turns them into model inputs, for the whole clip
+(`__call__`, what `dynafuse extract` stores) or for one window of a long clip (`windows`, what predict scores).
+
 Layouts (recorded in the feature spec, so training and `dynafuse predict` make the same features):
 - "aligned": one audio and one vision vector per text token (align.py), length = the text's token length;
 - "unaligned": the extractor's valid frames in time order, cut to `max_frames` (default audio 500, vision 375:
   the lengths of MMSA's MOSI/MOSEI unaligned features; the first frames are kept);
-- "utterance": one vector per clip, the mean of the valid frames.
+- "utterance": one vector per clip (or window), the mean of the valid frames.
+
+Windows: a transcript longer than the text model's `max_len` tokens is cut, between words, into consecutive
+windows of at most `max_len` tokens (special tokens included); in the unaligned layout a window also lasts at
+most max_frames / rate seconds for every modality, so no frame is cut off. The windows tile the clip: each runs
+from its first word's start (the first from 0) to the next window's start (the last to the clip's end).
 
 A modality is *present* when the clip has that stream and at least one valid frame (a face, a voiced frame);
 otherwise its array has length 0. A clip without a face, or a silent clip, is not an error.
@@ -13,6 +23,7 @@ otherwise its array has length 0. A clip without a face, or a silent clip, is no
 from __future__ import annotations
 
 import copy
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,20 +32,53 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .align import align, pool_frames
-from .asr import DEFAULT_ASR, Transcript, given_transcript, transcribe
+from .align import align, pool_frames, tokenizer, word_tokens
+from .asr import (
+    DEFAULT_ASR,
+    MIN_LOGPROB,
+    WORD_RE,
+    AsrStream,
+    Transcript,
+    asr_available,
+    check_asr,
+    check_confident,
+    given_transcript,
+)
 
 DEFAULT_MEDIA = {
     "layout": "aligned",
     "audio": {"extractor": "egemaps"},
     "vision": {"extractor": "face", "fps": 5},
-    "asr": {"model": DEFAULT_ASR},          # null: no ASR (transcripts must be given; their words timed evenly)
+    "asr": {"model": DEFAULT_ASR, "min_logprob": MIN_LOGPROB},  # model null: no ASR (transcripts must be
+    # given; their words are timed evenly); min_logprob: below it an ASR transcript is refused (asr.py)
     "text": {"backbone": "minilm", "max_len": 50},
     "max_frames": {"audio": 500, "vision": 375},  # unaligned layout only
 }
 LAYOUTS = ("aligned", "unaligned", "utterance")
 MEDIA_MODALITIES = ("audio", "vision")
 SPEC_KEYS = ("extractor", "modality", "dim", "rate")  # what an extractor's spec adds to its options
+
+
+@dataclass
+class ClipFrames:
+    """A clip's per-frame features (`frames[m]`, for each extracted modality) and its transcript."""
+
+    path: str
+    transcript: Transcript
+    frames: dict  # modality -> extractors.Frames
+    duration: float  # seconds
+    streams: dict[str, bool]  # the file has an audio / a video stream at all
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+@dataclass
+class Window:
+    """A stretch of a clip scored on its own: [start, end) seconds and the transcript spoken in it."""
+
+    start: float
+    end: float
+    transcript: Transcript
+    tokens: int  # real text tokens (special tokens not counted), after truncation to max_len
 
 
 @dataclass
@@ -84,6 +128,7 @@ class FeaturePipeline:
         text = self.cfg["text"]
         self.backbone, self.max_len = text.get("backbone") or "minilm", int(text.get("max_len", 50))
         self.asr_model = (self.cfg.get("asr") or {}).get("model")
+        self.min_logprob = float((self.cfg.get("asr") or {}).get("min_logprob", MIN_LOGPROB))
         self.fps = self.extractors["vision"].rate if "vision" in self.extractors else 5.0  # frames to decode
 
     @classmethod
@@ -115,47 +160,126 @@ class FeaturePipeline:
 
     def __call__(self, path: str | Path, transcript: str | None = None) -> ClipFeatures:
         """Features of one clip; `transcript` (if given) replaces ASR text, and ASR only times its words."""
-        from .decode import decode
+        return self.features(self.clip_frames(path, transcript))
 
+    def clip_frames(self, path: str | Path, transcript: str | None = None) -> ClipFrames:
+        """Stream the clip through the extractors (and ASR, when it is needed) -> its per-frame features.
+
+        ASR runs when no transcript is given (and must then be confident: asr.check_confident), or to time a
+        given transcript's words when audio/vision are aligned to them."""
+        from .decode import open_media
+
+        if transcript is None:
+            if not self.asr_model:
+                raise ConfigError("no transcript given and ASR is off (media asr.model is null)", path)
+            check_asr(self.asr_model)
+        use_asr = bool(self.asr_model) and (transcript is None or (bool(self.extractors)
+                                                                   and asr_available(self.asr_model)))
         timings: dict[str, float] = {}
-        with _timed(timings, "decode"):
-            clip = decode(path, fps=self.fps, video="vision" in self.extractors,
-                          audio="audio" in self.extractors or bool(self.asr_model))
+        started = time.perf_counter()
+        with open_media(path, fps=self.fps, video="vision" in self.extractors,
+                        audio="audio" in self.extractors or use_asr) as media:
+            streams = {m: ext.stream() for m, ext in self.extractors.items()}
+            asr = AsrStream(self.asr_model, media.sample_rate) if use_asr and media.decode_audio else None
+            for kind, t, data in media.events():
+                if kind == "audio":
+                    if "audio" in streams:
+                        with _timed(timings, "audio"):
+                            streams["audio"].audio(t, data, media.sample_rate)
+                    if asr is not None:
+                        with _timed(timings, "asr"):
+                            asr.audio(data)
+                elif "vision" in streams:
+                    with _timed(timings, "vision"):
+                        streams["vision"].frame(t, data)
         frames = {}
-        for m, ext in self.extractors.items():
+        for m, stream in streams.items():
             with _timed(timings, m):
-                frames[m] = ext(clip)
+                frames[m] = stream.finish()
         with _timed(timings, "asr"):
-            text = self._transcript(clip, transcript, frames.get("audio"))
+            heard = asr.finish() if asr is not None else None
+            if transcript is None:
+                text = check_confident(heard or Transcript(""), str(path), self.asr_model, self.min_logprob)
+            else:
+                text = given_transcript(transcript, span=voiced_span(frames.get("audio"), media.duration),
+                                        model=None, name=str(path), heard=heard)
+        spent = sum(timings.get(k, 0.0) for k in ("audio", "vision", "asr"))
+        timings = {"decode": time.perf_counter() - started - spent, **timings}
+        return ClipFrames(str(path), text, frames, media.duration,
+                          {"audio": media.has_audio, "vision": media.has_video}, timings)
+
+    def features(self, clip: ClipFrames, window: Window | None = None) -> ClipFeatures:
+        """The layout of the whole clip (window None: the whole transcript, truncated at max_len as training
+        tokenizes it) or of one window (only its transcript and the frames inside it)."""
+        text, span = (clip.transcript, (0.0, clip.duration)) if window is None else (
+            window.transcript, (window.start, window.end))
         feats, present = {}, {}
-        with _timed(timings, "align"):
+        with _timed(clip.timings, "align"):  # summed over a clip's windows
             for m in MEDIA_MODALITIES:
-                feats[m] = self._layout(text, frames[m], clip.duration, m) if m in frames else np.zeros((0, 0),
-                                                                                                         np.float32)
+                if m not in clip.frames:
+                    feats[m] = np.zeros((0, 0), np.float32)
+                else:
+                    frames = clip.frames[m] if window is None else _inside(clip.frames[m], span)
+                    feats[m] = self._layout(text, frames, span, m)
                 present[m] = len(feats[m]) > 0
         return ClipFeatures(transcript=text, audio=feats["audio"], vision=feats["vision"], present=present,
-                            streams={"audio": clip.has_audio, "vision": clip.has_video},
-                            timings=timings)
+                            streams=clip.streams, timings=clip.timings)
 
-    def _transcript(self, clip, given: str | None, audio_frames) -> Transcript:
-        if given is None:
-            if not self.asr_model:
-                raise ConfigError("no transcript given and ASR is off (media asr.model is null)", clip.path)
-            return transcribe(clip.audio, clip.sample_rate, self.asr_model)
-        return given_transcript(given, clip.audio, clip.sample_rate, voiced_span(audio_frames, clip.duration),
-                                self.asr_model, name=clip.path)
+    def window_seconds(self) -> float | None:
+        """The longest window in the unaligned layout: every modality's max_frames fit (None: no limit)."""
+        if self.layout != "unaligned" or not self.extractors:
+            return None
+        return min(int(self.cfg["max_frames"][m]) / ext.rate for m, ext in self.extractors.items())
 
-    def _layout(self, transcript: Transcript, frames, duration: float, modality: str) -> np.ndarray:
+    def windows(self, clip: ClipFrames) -> list[Window]:
+        """Consecutive windows that tile the clip, each with at most max_len tokens of the transcript (module
+        docstring); one window for a short clip."""
+        t, duration = clip.transcript, max(clip.duration, 0.0)
+        budget = max(self.max_len - tokenizer(self.backbone).num_special_tokens_to_add(), 1)
+        counts = word_tokens(t.text, self.backbone) if t.words else np.zeros(0, int)
+        groups, used = [[]], 0  # word indices per window
+        limit = self.window_seconds()
+        for i, (w, n) in enumerate(zip(t.words, counts)):
+            first = t.words[groups[-1][0]] if groups[-1] else None
+            if first is not None and (used + n > budget or (limit and w.end - first.start > limit)):
+                groups.append([])
+                used = 0
+            groups[-1].append(i)
+            used += int(n)
+        starts = [0.0] + [t.words[g[0]].start for g in groups[1:]]
+        ends = starts[1:] + [duration]
+        chars = [m.span() for m in WORD_RE.finditer(t.text)]
+        out = []
+        for g, a, b in zip(groups, starts, ends):
+            pieces = max(1, math.ceil((b - a) / limit - 1e-9)) if limit else 1  # a long pause: cut in time too
+            edges = np.linspace(a, b, pieces + 1)
+            mids = [(t.words[i].start + t.words[i].end) / 2 for i in g]
+            piece_of = np.searchsorted(edges[1:-1], mids, side="right")
+            for k in range(pieces):
+                inside = [i for i, p in zip(g, piece_of) if p == k]
+                text = t.text[chars[inside[0]][0]:chars[inside[-1]][1]] if inside else ""
+                out.append(Window(float(edges[k]), float(edges[k + 1]),
+                                  Transcript(text, [t.words[i] for i in inside], t.source),
+                                  min(int(counts[inside].sum()), budget)))
+        return out
+
+    def _layout(self, transcript: Transcript, frames, span: tuple[float, float], modality: str) -> np.ndarray:
         """Frames -> this layout's sequence; (0, D) when the modality has no valid frame."""
         dim = frames.values.shape[1] if frames.values.ndim == 2 else self.extractors[modality].dim
         valid = np.asarray(frames.valid, dtype=bool)
         if not valid.any():
             return np.zeros((0, dim), np.float32)
         if self.layout == "aligned":
-            return align(transcript, frames, self.backbone, self.max_len, duration)[0]
+            return align(transcript, frames, self.backbone, self.max_len, span)[0]
         if self.layout == "utterance":
-            return pool_frames(frames.times, frames.values, valid, np.array([[0.0, max(duration, 0.0)]]))[0]
+            return pool_frames(frames.times, frames.values, valid, np.array([span]))[0]
         return np.asarray(frames.values[valid][: int(self.cfg["max_frames"][modality])], dtype=np.float32)
+
+
+def _inside(frames, span: tuple[float, float]):
+    """The frames whose time lies in [start, end] of `span`."""
+    keep = (frames.times >= span[0] - 1e-6) & (frames.times <= span[1] + 1e-6)
+    return type(frames)(frames.times[keep], frames.values[keep], frames.valid[keep])
 
 
 def voiced_span(audio_frames, duration: float) -> tuple[float, float]:

@@ -60,11 +60,12 @@ class AttentionMean:
 @dataclass
 class Predictions:
     """What a pass over a split collected, in loader order: `index` (N,) rows of the split, `pred` (N,) scores
-    (or classes in {-1, 0, 1}), `y` (N,) labels, `gates` name -> (N, K) for every 2-D gate (`other_gates` names
-    the rest), `fused` (N, d) or None, `attention` name -> AttentionMean."""
+    (or classes in {-1, 0, 1}), `logits` (N, 1 or 3), `y` (N,) labels, `gates` name -> (N, K) for every 2-D gate
+    (`other_gates` names the rest), `fused` (N, d) or None, `attention` name -> AttentionMean."""
 
     index: np.ndarray
     pred: np.ndarray
+    logits: np.ndarray
     y: np.ndarray
     gates: dict[str, np.ndarray] = field(default_factory=dict)
     other_gates: list[str] = field(default_factory=list)
@@ -77,10 +78,11 @@ def predict_batches(model, batches: Iterable, fused: bool = False, attention: bo
     """Run `model` (an MSAModel, in eval mode) over `batches`; gates are always collected, fused vectors and
     averaged attention maps when asked."""
     model.eval()
-    preds, ys, index, gates, vecs, maps, other = [], [], [], {}, [], {}, set()
+    preds, logits, ys, index, gates, vecs, maps, other = [], [], [], [], {}, [], {}, set()
     for batch in batches:
         out = model(batch)
         preds.append(out.pred.float().cpu().numpy())
+        logits.append(out.logits.float().cpu().numpy())
         ys.append(batch.y.float().cpu().numpy())
         index.append(batch.index.cpu().numpy())
         for name, g in out.gates.items():
@@ -96,6 +98,7 @@ def predict_batches(model, batches: Iterable, fused: bool = False, attention: bo
                     maps.setdefault(name, AttentionMean()).add(a.cpu())
     pred = np.concatenate(preds) if preds else np.zeros(0)
     return Predictions(index=np.concatenate(index) if index else np.zeros(0, np.int64), pred=pred,
+                       logits=np.concatenate(logits) if logits else np.zeros((0, 1)),
                        y=np.concatenate(ys) if ys else np.zeros(0),
                        gates={k: np.concatenate(v) for k, v in gates.items()}, other_gates=sorted(other),
                        fused=np.concatenate(vecs) if vecs and sum(map(len, vecs)) == len(pred) else None,
