@@ -605,7 +605,7 @@ def test_config_file(text, words, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-GRID = {"out": "runs/x", "seeds": [0], "grid": [{"models": ["daf"], "datasets": ["mosi"]}]}
+GRID = {"seeds": [0], "grid": [{"models": ["daf"], "datasets": ["mosi"]}]}
 
 
 def _grid(**block) -> dict:
@@ -615,7 +615,7 @@ def _grid(**block) -> dict:
 @pytest.mark.parametrize("spec, words", [
     ("- models: [daf]\n", ["an experiment file must hold a mapping", "list"]),
     ("grid: [\n", ["invalid YAML"]),
-    ({"out": "runs/x"}, ["needs a 'grid'"]),
+    ({"seeds": [1]}, ["needs a 'grid'"]),
     ({**GRID, "grid": []}, ["needs a 'grid'"]),
     ({**GRID, "grid": ["daf"]}, ["grid[0] must be a mapping"]),
     ({**GRID, "grid": [{"datasets": ["mosi"]}]}, ["grid[0].models must be a non-empty list"]),
@@ -635,12 +635,14 @@ def _grid(**block) -> dict:
     ({**GRID, "workers": 0}, ["workers must be a positive number"]),
 ])
 def test_experiment_file(spec, words, tmp_path, capsys):
-    f = write(tmp_path / "exp.yaml", spec if isinstance(spec, str) else yaml.safe_dump(spec))
+    f = write(tmp_path / "exp.yaml", spec if isinstance(spec, str) else
+              yaml.safe_dump({**spec, "out": str(tmp_path / "runs")}))
     argv = ["experiment", f, "--dry-run"]
     if words is None:
         assert run_cli(argv) == 0
         return
     cli_error(capsys, argv, f, *words)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_experiment_numbers_as_names(tmp_path):
@@ -673,9 +675,10 @@ SEARCH = {"model": "early_fusion", "dataset": "mosi", "metric": "mae", "trials":
 ])
 def test_tune_file(spec, words, tmp_path, capsys):
     pytest.importorskip("optuna")
-    f = write(tmp_path / "search.yaml", spec if isinstance(spec, str) else yaml.safe_dump(spec))
+    f = write(tmp_path / "search.yaml", spec if isinstance(spec, str) else
+              yaml.safe_dump({"out": str(tmp_path / "tune"), **spec}))
     cli_error(capsys, ["tune", f], f, *words)
-    assert not (tmp_path / "runs").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["search.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["search.yaml"]  # no study, no trial folder
 
 
 @pytest.mark.parametrize("argv, words", [
