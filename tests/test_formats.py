@@ -131,9 +131,9 @@ def test_mmsa_unaligned_sims(sims_unaligned):
 
 def test_value_range_option(sims_unaligned):
     assert read_mmsa(sims_unaligned, allow_pickle=True, value_range=3.0).value_range == 3.0
-    with pytest.raises(DataError, match="outside"):
-        read_mult(dump(mult_data(np.random.default_rng(0)), sims_unaligned.parent / "m.pkl"),
-                  allow_pickle=True, value_range=1.0)
+    with pytest.raises(DataError, match="outside.*data.value_range=3"):  # load_dataset checks the labels
+        load_dataset(f"mult:{dump(mult_data(np.random.default_rng(0)), sims_unaligned.parent / 'm.pkl')}",
+                     allow_pickle=True, value_range=1.0)
 
 
 def test_mult(mult_file):
@@ -215,7 +215,7 @@ def test_structure_errors_name_the_file(tmp_path, mult_file):
     with pytest.raises(DataError, match="list.pkl.*must be a dict"):
         read_mult(dump([1, 2], tmp_path / "list.pkl"), allow_pickle=True)
     with pytest.raises(DataError, match="dict.pkl.*list of samples"):
-        read_misa(dump({"train": []}, tmp_path / "dict.pkl"), allow_pickle=True)
+        read_misa(dump({"train": []}, tmp_path / "dict.pkl"), allow_pickle=True, split="train")
 
 
 def test_nonfinite_features_refused_unless_fixed(tmp_path):
@@ -229,7 +229,7 @@ def test_nonfinite_features_refused_unless_fixed(tmp_path):
     b = read_mult(path, allow_pickle=True, fix_nonfinite=True)
     assert np.isfinite(b.splits["valid"].features["audio"]).all()
     assert b.splits["valid"].features["audio"][2, 3, 4] == 0
-    assert b.notes == ["valid: replaced 2 NaN/Inf values in audio features with 0"]
+    assert b.notes == ["valid: replaced 2 NaN/Inf values with 0 (data.options.fix_nonfinite; audio features 2)"]
 
 
 def misa_rows(rng, n, label=1.5):
@@ -271,5 +271,5 @@ def test_misa_real_mosi_valid():
     assert np.abs(split.y).max() <= 3.0
     assert all(t.strip() for t in split.raw_text)
     assert split.ids[0] == "WKA5OygbEKI[0]"
-    b = read_misa(MISA_VALID, allow_pickle=True)
+    b = read_misa(MISA_VALID, allow_pickle=True, split="valid")
     assert list(b.splits) == ["valid"] and b.value_range == 3.0

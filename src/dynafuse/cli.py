@@ -60,16 +60,17 @@ def cmd_train(a):
     from .training import build_config, train
 
     overrides = list(a.overrides)
-    overrides += [f"train.seed={a.seed}", f"model.task={a.task}"] if a.task else [f"train.seed={a.seed}"]
+    overrides += [f"train.seed={a.seed}"] if a.seed is not None else []  # else train.seed (default 0) stands
+    overrides += [f"model.task={a.task}"] if a.task else []
     if a.data_dir:
         overrides.append(f"data.data_dir={a.data_dir}")
     if a.allow_pickle:
         overrides.append("data.options.allow_pickle=true")
     cfg = build_config(a.model, a.dataset, overrides, a.config, a.preset)
-    out = Path(a.out or f"runs/{a.model}-{safe_name(a.dataset)}-s{a.seed}")
+    out = Path(a.out or f"runs/{a.model}-{safe_name(a.dataset)}-s{cfg.train.seed}")
     metrics = train(cfg, out, resume=a.resume, force=a.force)
     if metrics:
-        print_metrics(metrics, f"{a.model} on {a.dataset} (seed {a.seed}) -> {out}")
+        print_metrics(metrics, f"{a.model} on {a.dataset} (seed {cfg.train.seed}) -> {out}")
 
 
 def cmd_demo(a):
@@ -96,7 +97,7 @@ def cmd_demo(a):
 def cmd_summarize(a):
     from .analysis.summary import find_runs, group_runs, markdown_table, write_summary
 
-    groups = group_runs(find_runs(a.runs), split=a.split)
+    groups = group_runs(find_runs(a.runs, a.split), split=a.split)
     if not groups:
         raise DynafuseError("no finished runs (run.json) found", " ".join(a.runs))
     print(write_summary(groups, a.out) if a.out else markdown_table(groups))
@@ -138,7 +139,7 @@ def cmd_robust(a):
 def cmd_transfer(a):
     from .experiments.transfer import transfer_run
 
-    r = transfer_run(a.run, a.dataset, data_dir=a.data_dir, limit=a.limit)
+    r = transfer_run(a.run, a.dataset, data_dir=a.data_dir, limit=a.limit, allow_pickle=a.allow_pickle)
     columns = {"test": r["metrics"]}
     if r.get("metrics_unseen"):  # the target clips the source dataset does not hold
         columns["test, unseen clips"] = r["metrics_unseen"]
@@ -153,6 +154,7 @@ def cmd_bench(a):
 
     models = [m.strip() for m in a.models.split(",") if m.strip()] if a.models else None
     overrides = list(a.overrides) + ([f"data.data_dir={a.data_dir}"] if a.data_dir else [])
+    overrides += ["data.options.allow_pickle=true"] if a.allow_pickle else []
     result = bench(models, a.dataset, train=a.train, threads=a.threads, repeats=a.repeats, warmup=a.warmup,
                    steps=a.steps, overrides=overrides)
     print_report(result)
@@ -217,6 +219,21 @@ def cmd_extract(a):
     print_summary(summary)
 
 
+def whole(low: int):
+    """An argparse type: a whole number >= `low` (a negative --limit or --workers is refused where it is parsed)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, not {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dynafuse", description="Dynamic multimodal fusion for sentiment analysis")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -225,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one run, select on valid, test once")
     t.add_argument("--model", required=True)
     t.add_argument("--dataset", required=True, help="a registered name or FORMAT:PATH")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, help="same as train.seed=N (default 0)")
     t.add_argument("--out", help="run folder (default runs/MODEL-DATASET-sSEED)")
     t.add_argument("--task", choices=["regression", "3class"])
     t.add_argument("--data-dir", help="folder of datasets (default $DYNAFUSE_DATA or ../shared/datasets)")
@@ -257,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("experiment", help="run a declared grid (models x datasets x seeds x variants), resumably")
     x.add_argument("file")
     x.add_argument("--data-dir")
-    x.add_argument("--workers", type=int, help="cells at once (default: the file's `workers`, else 1)")
+    x.add_argument("--workers", type=whole(1), help="cells at once (default: the file's `workers`, else 1)")
     x.add_argument("--backend", choices=["local", "ray"], help="local process pool (default) or Ray tasks")
     x.add_argument("--dry-run", action="store_true", help="list the cells and evaluations that would run")
     x.add_argument("--report-only", action="store_true", help="only rewrite the report from the finished cells")
@@ -265,32 +282,34 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="hyper-parameter search selecting on the valid split only, resumably")
     tu.add_argument("file", help="a search YAML (model, dataset, metric, space, ...)")
     tu.add_argument("--backend", choices=["optuna", "ray"], help="Optuna in this process (default) or Ray Tune")
-    tu.add_argument("--trials", type=int, help="completed trials wanted (default: the file's `trials`)")
-    tu.add_argument("--workers", type=int, help="trials at once (default: the file's `workers`, else 1)")
+    tu.add_argument("--trials", type=whole(0), help="completed trials wanted (default: the file's `trials`)")
+    tu.add_argument("--workers", type=whole(1), help="trials at once (default: the file's `workers`, else 1)")
     tu.add_argument("--data-dir")
     tu.set_defaults(fn=cmd_tune)
     r = sub.add_parser("robust", help="score a finished run under missing modalities, noise and token drop")
     r.add_argument("run", help="run folder (with its local checkpoint)")
     r.add_argument("--split", default="test", choices=["valid", "test"])
-    r.add_argument("--seed", type=int, default=0, help="seed of the corruptions")
+    r.add_argument("--seed", type=whole(0), default=0, help="seed of the corruptions")
     r.add_argument("--levels", help="comma-separated corruption levels (default 0,0.1,...,0.9)")
     r.set_defaults(fn=cmd_robust)
     tr = sub.add_parser("transfer", help="score a finished run on another dataset's test split (zero-shot)")
     tr.add_argument("run", help="run folder (with its local checkpoint)")
     tr.add_argument("--dataset", required=True, help="the target dataset (same label range)")
     tr.add_argument("--data-dir")
-    tr.add_argument("--limit", type=int, help="first N rows of each target split only (quick checks)")
+    tr.add_argument("--limit", type=whole(1), help="first N rows of each target split only (quick checks)")
+    tr.add_argument("--allow-pickle", action="store_true", help="allow loading a target pickle file (it can run code)")
     tr.set_defaults(fn=cmd_transfer)
     b = sub.add_parser("bench", help="params, FLOPs, latency, throughput, memory (and training time) side by side")
     b.add_argument("--dataset", default="mosi")
     b.add_argument("--models", help="comma-separated (default: every model but unimodal_audio/vision)")
     b.add_argument("--train", action="store_true", help="also time real training steps")
     b.add_argument("--out", default="reports/cost", help="write OUT.md and OUT.json")
-    b.add_argument("--threads", type=int, help="torch threads for every model (default $DYNAFUSE_THREADS or torch's)")
-    b.add_argument("--repeats", type=int, default=20, help="timed passes per figure (the median is reported)")
-    b.add_argument("--warmup", type=int, default=3, help="untimed passes before timing")
-    b.add_argument("--steps", type=int, default=10, help="timed training steps with --train")
+    b.add_argument("--threads", type=whole(1), help="torch threads for every model (default $DYNAFUSE_THREADS or torch's)")
+    b.add_argument("--repeats", type=whole(1), default=20, help="timed passes per figure (the median is reported)")
+    b.add_argument("--warmup", type=whole(0), default=3, help="untimed passes before timing")
+    b.add_argument("--steps", type=whole(1), default=10, help="timed training steps with --train")
     b.add_argument("--data-dir")
+    b.add_argument("--allow-pickle", action="store_true", help="allow loading a pickle file (it can run code)")
     b.add_argument("overrides", nargs="*", help="key.path=value config overrides for every model")
     b.set_defaults(fn=cmd_bench)
     rp = sub.add_parser("report", help="Markdown/HTML/CSV/JSON report with figures over finished runs")

@@ -124,7 +124,10 @@ class DataOptions:
     valid_share: Optional[float] = in_range(None, 0.0, 1.0, high_open=True)  # mosi-bclstm's carved valid share
     allow_pickle: bool = False  # pickles run code when they load: opt in for files you trust
     fix_nonfinite: bool = False  # replace NaN/Inf features with 0 (printed and recorded) instead of refusing
-    split: Optional[str] = one_of(None, None, "train", "valid", "test", doc="misa: the split a single file holds")
+    # any dataset: clip labels outside [-R, R] into it (printed and recorded) instead of refusing the data
+    clip_labels: bool = False
+    split: Optional[str] = one_of(None, None, "train", "valid", "test",
+                                  doc="misa: the split a single file holds (training needs the folder of all three)")
 
 
 @dataclass
@@ -155,7 +158,7 @@ class StageTrainConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = in_range(0, 0, 2**32 - 1, "numpy's seed range")
     max_epochs: int = positive(40)
     patience: int = at_least(8, 0, "early stopping on the valid split")
     monitor: str = "mae"  # the valid metric that selects the checkpoint (checked against the metric suite)
@@ -197,19 +200,47 @@ class RunConfig:
 
 # --------------------------------------------------------------------------- composing
 
-def read_yaml(path) -> dict:
-    """A YAML mapping (an absent preset is empty); anything else is a one-line ConfigError naming the file."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path, what: str = "a config file") -> dict:
+    """A YAML mapping (an absent preset is empty); anything else (invalid YAML, a key given twice, a list or a
+    scalar at the top) is a one-line ConfigError naming the file."""
     try:
-        data = yaml.safe_load(Path(str(path)).read_text(encoding="utf-8")) if Path(str(path)).exists() else None
+        text = Path(str(path)).read_text(encoding="utf-8") if Path(str(path)).exists() else ""
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"invalid YAML ({str(e).splitlines()[0]})", path) from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"invalid YAML ({where}{getattr(e, 'problem', None) or str(e).splitlines()[0]})",
+                          path) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read ({e})", path) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"a config file must hold a mapping of sections, not a {type(data).__name__}", path)
+        raise ConfigError(f"{what} must hold a mapping of keys, not a {type(data).__name__}", path)
     return data
+
+
+def check_keys(mapping: dict, allowed, where: str, source: object) -> None:
+    """A key of `mapping` outside `allowed` is a ConfigError naming `where` and the closest allowed keys."""
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), list(allowed), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"valid keys: {', '.join(allowed)}"
+            raise ConfigError(f"unknown key {key!r} in {where}; {hint}", source)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -310,6 +341,7 @@ def compose(model_config: ModelConfig, model: str, dataset: str, overrides: list
         if not Path(config_file).exists():
             raise ConfigError("no such config file", config_file)
         cfg = merge_layer(cfg, read_yaml(config_file), config_file)
+        validate(cfg, config_file)  # a value out of range in the file names the file
     over = parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {})
     cfg = merge_layer(cfg, over, "command-line override")
     cfg.model.name, cfg.data.name = model, dataset

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class DynafuseError(Exception):
     """A user-facing error. The CLI prints it as one line, without a traceback."""
@@ -18,3 +20,9 @@ class DataError(DynafuseError):
 
 class ConfigError(DynafuseError):
     """A configuration that cannot work (unknown name, wrong key, mismatched checkpoint)."""
+
+
+def warn(problem: str, path: object | None = None) -> None:
+    """One warning line on stderr (`dynafuse: warning: PATH: problem`) for bad input that was skipped or repaired:
+    the command goes on and the user sees what it did."""
+    print(f"dynafuse: warning: {f'{path}: ' if path is not None else ''}{problem}", file=sys.stderr)

@@ -16,7 +16,6 @@ wherever the run folders hold them.
 from __future__ import annotations
 
 import base64
-import csv
 import functools
 import os
 import re
@@ -27,7 +26,8 @@ import jinja2
 import numpy as np
 
 from ..data.registry import resolve_data_dir
-from ..errors import DataError, DynafuseError
+from ..data.tables import parse_floats, read_csv
+from ..errors import DataError, DynafuseError, warn
 from ..files import atomic_write_csv, atomic_write_json, atomic_write_text, safe_name
 from ..metrics import METRIC_KEYS, aggregate, format_mean_std, ordinal_stats
 from ..training import RunDir
@@ -53,28 +53,36 @@ BLOCK_FIELDS = {"h": ("level", "text"), "p": ("text",), "table": ("header", "row
 
 def ordinal_from_predictions(path: Path, task: str, value_range: float) -> dict:
     """Per split, the same numbers as a run's ordinal.json, from predictions.csv (runs older than ordinal.json)."""
+    t = read_csv(path, ("split", "label", "prediction"))
     pred, y = defaultdict(list), defaultdict(list)
-    try:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                pred[row["split"]].append(float(row["prediction"]))
-                y[row["split"]].append(float(row["label"]))
-    except (KeyError, ValueError) as e:
-        raise DataError(f"malformed predictions file (need split, label, prediction columns): {e}", path) from None
+    label, prediction = (parse_floats(t, c, path, dtype=np.float64) for c in ("label", "prediction"))
+    for row, yi, pi in zip(t.rows, label, prediction):
+        pred[row["split"]].append(float(pi))
+        y[row["split"]].append(float(yi))
     return {s: ordinal_stats(pred[s], y[s], task, value_range) for s in pred}
 
 
+def _optional(read, default=None):
+    """An extra file of a run (read by `read`): a damaged one is skipped with a warning naming it."""
+    try:
+        return read()
+    except DataError as e:
+        warn(f"{e.problem}; left out of the report", e.path)
+        return default
+
+
 def run_extras(run: dict) -> dict:
-    """What else a run folder holds: ordinal stats, robustness, transfer results, explanation figures."""
+    """What else a run folder holds: ordinal stats, robustness, transfer results, explanation figures. A damaged
+    file among them is left out with a warning line; the run's main results still count."""
     rd = RunDir(run["dir"])
     d = rd.path
-    ordinal = rd.read_json("ordinal.json")
+    ordinal = _optional(lambda: rd.read_json("ordinal.json"))
     if ordinal is None and (d / "predictions.csv").exists():
-        ordinal = ordinal_from_predictions(d / "predictions.csv", run["task"], run["value_range"])
+        ordinal = _optional(lambda: ordinal_from_predictions(d / "predictions.csv", run["task"], run["value_range"]))
     explain = sorted(str(p) for p in (d / "explain").glob("*.png")) if (d / "explain").is_dir() else []
-    return {"ordinal": ordinal, "robustness": rd.read_json("robustness.json"),
-            "transfer": [rd.read_json(p.name) for p in sorted(d.glob("transfer-*.json"))],
-            "explain": explain}
+    transfer = [_optional(lambda p=p: rd.read_json(p.name)) for p in sorted(d.glob("transfer-*.json"))]
+    return {"ordinal": ordinal, "robustness": _optional(lambda: rd.read_json("robustness.json")),
+            "transfer": [t for t in transfer if isinstance(t, dict)], "explain": explain}
 
 
 def group_key(x: dict) -> tuple:
@@ -340,12 +348,9 @@ def write_report(run_dirs_or_roots, out: str | Path, split: str = "test", data_d
     for r in roots:
         if not r.is_dir():
             raise DynafuseError("no such run folder", r)
-    runs = find_runs(roots)
+    runs = find_runs(roots, split)
     if not runs:
         raise DynafuseError("no finished runs (metrics.json + run.json) found", " ".join(map(str, roots)))
-    missing = [r["dir"] for r in runs if split not in r["metrics"]]
-    if missing:
-        raise DataError(f"metrics.json has no {split!r} split", Path(missing[0]) / "metrics.json")
     for r in runs:
         r["extras"] = run_extras(r)
     out = Path(out)

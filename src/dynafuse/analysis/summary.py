@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from ..errors import DataError, DynafuseError, warn
 from ..files import atomic_write_json, atomic_write_text
 from ..metrics import aggregate, format_mean_std
 from ..training import find_runs as find_run_dirs
@@ -15,12 +16,29 @@ CLASS_SHOWN = ("acc3", "f1_3")
 FINE = ("mae", "corr", "qwk", "jump2", "mean_abs_jump")  # shown with 3 decimals, the rest (percentages) with 2
 
 
-def find_runs(roots: list[str | Path]) -> list[dict]:
-    """Every finished run under the given roots, as `RunDir.record()` rows."""
-    return [run.record() for run in find_run_dirs(roots)]
+def find_runs(roots: list[str | Path], split: str | None = None) -> list[dict]:
+    """Every finished run under the given roots, as `RunDir.record()` rows. A run whose files are damaged
+    (truncated run.json or metrics.json, broken config.yaml) or whose metrics lack `split` is skipped with one
+    warning line naming the file, so one bad folder does not stop a report over hundreds; none left is an error."""
+    rows, skipped = [], 0
+    for run in find_run_dirs(roots):
+        try:
+            row = run.record()
+            if split is not None and not isinstance(row["metrics"].get(split), dict):
+                raise DataError(f"metrics.json has no {split!r} split", run / "metrics.json")
+        except DataError as e:
+            warn(f"{e.problem}; skipped this run", e.path)
+            skipped += 1
+            continue
+        rows.append(row)
+    if skipped and not rows:
+        raise DynafuseError(f"no readable finished runs: all {skipped} were skipped (see the warnings above)",
+                            " ".join(map(str, roots)))
+    return rows
 
 
 def group_runs(runs: list[dict], split: str = "test") -> list[dict]:
+    """Runs grouped by (dataset, task, model, variant), with the mean ± std of `split`'s metrics over seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
         groups[(r["dataset"], r["task"], r["model"], r["variant"])].append(r)

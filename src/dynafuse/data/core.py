@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, warn
 
 MODALITIES = ("text", "audio", "vision")  # the order every model and table uses
 UNIMODAL_KEYS = {"text": "y_text", "audio": "y_audio", "vision": "y_vision"}
@@ -64,8 +64,10 @@ class Split:
                 bad = np.isinf(a) if "unimodal" in name else ~np.isfinite(a)
                 if bad.any():
                     rows = np.unique(np.nonzero(bad)[0])
-                    raise DataError(f"{int(bad.sum())} NaN/Inf values in {name} "
-                                    f"(first rows: {', '.join(map(str, self.ids[rows[:3]]))})", source)
+                    n_nan = int(np.isnan(a[bad]).sum())
+                    raise DataError(f"{int(bad.sum())} NaN/Inf values in {name} ({n_nan} NaN, "
+                                    f"{int(bad.sum()) - n_nan} Inf; first ids: "
+                                    f"{', '.join(map(str, self.ids[rows[:3]]))})", source)
         for k, v in self.lengths.items():
             width = self.features[k].shape[1] if k in self.features and self.features[k].ndim >= 2 else None
             if (v < 0).any() or (width is not None and (v > width).any()):
@@ -109,6 +111,42 @@ class Bundle:
     feature_spec: dict = field(default_factory=dict)
     # text for a fine-tuned backbone given as the cached output of its first N (frozen) layers instead of token ids
     cached_text_layers: int = 0
+    split_sources: dict[str, str] = field(default_factory=dict)  # a split read from its own file (MISA): that file
+
+    def source_of(self, split: str) -> str:
+        """The file a split was read from (for messages)."""
+        return self.split_sources.get(split, self.source)
+
+    def fit_labels(self, clip: bool = False, given: float | None = None) -> None:
+        """Labels (and unimodal labels) outside [-value_range, value_range]: one DataError line saying how many,
+        where, and the settings that work (`given`: the data.value_range the user set); or, with `clip`
+        (data.options.clip_labels), clipped into the range, noted and printed."""
+        r = self.value_range
+        outside, values, first = [], [], []
+        for s, split in self.splits.items():
+            for m, y in (("", split.y), *split.unimodal.items()):
+                bad = np.abs(np.nan_to_num(np.asarray(y, dtype=np.float64))) > r
+                if not bad.any():
+                    continue
+                outside.append(f"{s}{f' {m}' if m else ''} {int(bad.sum())}")
+                values.append(np.asarray(y)[bad])
+                first += [str(i) for i in split.ids[bad][:3 - len(first)]]
+                if clip and m:
+                    split.unimodal[m] = np.clip(y, -r, r).astype(np.float32)
+                elif clip:
+                    split.y = np.clip(y, -r, r).astype(np.float32)
+        if not outside:
+            return
+        values = np.concatenate(values)
+        what = (f"{len(values)} labels outside [-{r:g}, {r:g}] (from {values.min():g} to {values.max():g}; "
+                f"{', '.join(outside)}; first ids: {', '.join(first)})")
+        if clip:
+            self.notes.append(f"clipped {what} into the range (data.options.clip_labels)")
+            warn(self.notes[-1], self.source)
+            return
+        fix = "set data.value_range=3, or " if given is not None and given < 3 and np.abs(values).max() <= 3 else ""
+        raise DataError(f"{what}: {fix}rescale them in the file, or set data.options.clip_labels=true to clip "
+                        "them into the range", self.source)
 
     @property
     def reference(self) -> Split:

@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, warn
 from .core import MODALITIES, Bundle, Split, pad_sequences
-from .tables import SPLITS, UNI_COLUMNS, existing, label_range, read_label_csv
+from .tables import SPLITS, UNI_COLUMNS, existing, infer_range, read_label_csv, to_float32
 
 # ---- shared helpers ----------------------------------------------------------------------------
 
-def _load_pickle(path: str | Path, allow_pickle: bool) -> object:
-    """Unpickle a user's file, only when they opted in; missing, truncated or corrupt -> DataError."""
+def _opted_in(allow_pickle: bool, path: str | Path) -> None:
     if not allow_pickle:
         raise ConfigError("refusing to load a pickle: unpickling runs code stored in the file, so load only "
                           "files you trust. Opt in with data.options.allow_pickle=true (CLI: --allow-pickle)", path)
+
+
+def _load_pickle(path: str | Path, allow_pickle: bool) -> object:
+    """Unpickle a user's file, only when they opted in; missing, truncated or corrupt -> DataError."""
+    _opted_in(allow_pickle, path)
     p = existing(path)
     try:
         try:
@@ -44,27 +49,52 @@ def _require(d: object, keys, path: Path, where: str) -> None:
         raise DataError(f"{where} is missing keys {missing} (has {sorted(map(str, d))})", path)
 
 
-def _split_dicts(data: object, path: Path, keys) -> dict[str, dict]:
-    """`{train, valid, test}` of dicts, each holding `keys`."""
+def _split_dicts(data: object, path: Path, keys, labels: str) -> dict[str, dict]:
+    """`{train, valid, test}` of dicts, each holding `keys` and at least one sample (`labels`: the label key)."""
     _require(data, SPLITS, path, "the top level")
     for s in SPLITS:
         _require(data[s], keys, path, f"split {s!r}")
+        if not len(data[s][labels]):
+            raise DataError(f"split {s!r} is empty (0 samples); every split needs samples", path)
     return {s: data[s] for s in SPLITS}
 
 
-def _array(a, path: Path, what: str, ndim: int | None = None) -> np.ndarray:
+def _mixed(keys: list, ids, unit: str, items: str = "samples") -> str:
+    """"" when every sample has the same key (a shape, a width), else each key with its count, and the samples
+    that differ from the most common one (by id, else by number)."""
+    counts = Counter(keys)
+    if len(counts) < 2:
+        return ""
+    common = counts.most_common(1)[0][0]
+    odd = [str(ids[i]) if ids is not None and len(ids) == len(keys) else f"#{i}"
+           for i, k in enumerate(keys) if k != common]
+    return (", ".join(f"{k} {unit} in {n} {items}" for k, n in counts.most_common())
+            + f" (the {len(odd)} odd {items}: {', '.join(odd[:5])}{', ...' if len(odd) > 5 else ''})")
+
+
+def _mixed_shapes(a, ids) -> str:
+    """Why a sequence of per-sample arrays does not stack ("" when that is not the reason)."""
     try:
-        out = np.asarray(a, dtype=np.float32)
+        mixed = _mixed([np.shape(x) for x in a], ids, "shape")
+    except (TypeError, ValueError):
+        return ""
+    return mixed and f"samples of mixed shapes: {mixed}"
+
+
+def _array(a, path: Path, what: str, ndim: int | None = None, ids=None) -> np.ndarray:
+    """`a` as float32 (see `to_float32`), `ndim`-D; ragged samples, text or overflow: a DataError naming `what`."""
+    try:
+        out = to_float32(a, path, what, ids)
     except (TypeError, ValueError) as e:
-        raise DataError(f"{what} is not a numeric array ({e})", path) from None
+        raise DataError(f"{what}: {_mixed_shapes(a, ids) or f'not a numeric array ({e})'}", path) from None
     if ndim is not None and out.ndim != ndim:
         raise DataError(f"{what} must be {ndim}-D, got shape {out.shape}", path)
     return out
 
 
-def _per_sample(a, path: Path, what: str) -> np.ndarray:
+def _per_sample(a, path: Path, what: str, ids=None) -> np.ndarray:
     """One value per sample, stored as (N,), (N, 1) or (N, 1, 1) -> (N,) float32."""
-    y = _array(a, path, what)
+    y = _array(a, path, what, ids=ids)
     if y.ndim == 0 or y.size != len(y):
         raise DataError(f"{what} must hold one value per sample, got shape {y.shape}", path)
     return y.reshape(-1)
@@ -83,14 +113,19 @@ def _ids(a) -> np.ndarray:
 
 
 def _finish(name: str, split: Split, path: Path, fix_nonfinite: bool) -> list[str]:
-    """Optionally zero non-finite features (returning notes), then `Split.check`."""
+    """Optionally zero non-finite features (a note, also printed: one line per split), then `Split.check`."""
     notes = []
     if fix_nonfinite:
+        fixed = {}
         for m, a in split.features.items():
             bad = ~np.isfinite(a)
             if bad.any():
                 a[bad] = 0
-                notes.append(f"{name}: replaced {int(bad.sum())} NaN/Inf values in {m} features with 0")
+                fixed[m] = int(bad.sum())
+        if fixed:
+            notes.append(f"{name}: replaced {sum(fixed.values())} NaN/Inf values with 0 (data.options.fix_nonfinite; "
+                         + ", ".join(f"{m} features {n}" for m, n in fixed.items()) + ")")
+            warn(notes[-1], path)
     try:
         split.check(path)
     except DataError as e:
@@ -103,12 +138,13 @@ def _finish(name: str, split: Split, path: Path, fix_nonfinite: bool) -> list[st
 def _bundle(name: str, splits: dict[str, Split], path: Path, value_range: float | None = None,
             fix_nonfinite: bool = False, notes: list[str] | None = None,
             sources: dict[str, Path] | None = None) -> Bundle:
-    """Check every split against its file; infer value_range (1.0 when every |label| <= 1, else 3.0)."""
+    """Check every split against its file; infer value_range (1.0 when every |label| <= 1, else 3.0). Labels
+    outside it are `load_dataset`'s to refuse or clip (`Bundle.fit_labels`)."""
     notes = list(notes or [])
     for s, split in splits.items():
         notes += _finish(s, split, (sources or {}).get(s, path), fix_nonfinite)
-    value_range = label_range([s.y for s in splits.values()], value_range, path, "data.value_range=1 or 3")
-    return Bundle(name=name, splits=splits, value_range=value_range, source=str(path), notes=notes)
+    return Bundle(name=name, splits=splits, value_range=infer_range([s.y for s in splits.values()], value_range),
+                  source=str(path), notes=notes, split_sources={s: str(f) for s, f in (sources or {}).items()})
 
 
 # ---- MMSA feature pickle (aligned_50.pkl, unaligned_50.pkl, unaligned_39.pkl) ------------------
@@ -117,7 +153,8 @@ MMSA_KEYS = ("raw_text", "id", "text", "text_bert", "audio", "vision", "regressi
 
 
 def _mmsa_split(d: dict, path: Path, where: str, notes: list[str]) -> Split:
-    feats = {m: _array(d[m], path, f"{where} {m!r}", 3) for m in MODALITIES}
+    ids = _ids(d["id"])
+    feats = {m: _array(d[m], path, f"{where} {m!r}", 3, ids) for m in MODALITIES}
     text_bert = _array(d["text_bert"], path, f"{where} 'text_bert'", 3)
     if text_bert.shape[1] != 3:
         raise DataError(f"{where} 'text_bert' must be (N, 3, L) ids/mask/segments, got {text_bert.shape}", path)
@@ -136,9 +173,9 @@ def _mmsa_split(d: dict, path: Path, where: str, notes: list[str]) -> Split:
             raise DataError(f"{where} has no '{m}_lengths' and {m} is not aligned to text", path)
         else:
             lengths[m] = stored  # Split.check reports the out-of-range lengths
-    unimodal = {m: _per_sample(d[f"regression_labels_{m[0].upper()}"], path, f"{where} {m} labels")
+    unimodal = {m: _per_sample(d[f"regression_labels_{m[0].upper()}"], path, f"{where} {m} labels", ids)
                 for m in MODALITIES if f"regression_labels_{m[0].upper()}" in d}
-    return Split(ids=_ids(d["id"]), y=_per_sample(d["regression_labels"], path, f"{where} 'regression_labels'"),
+    return Split(ids=ids, y=_per_sample(d["regression_labels"], path, f"{where} 'regression_labels'", ids),
                  features=feats, lengths=lengths, unimodal=unimodal,
                  raw_text=np.array([_text(t) for t in d["raw_text"]], dtype=str))
 
@@ -147,7 +184,7 @@ def read_mmsa(path: str | Path, allow_pickle: bool = False, value_range: float |
               fix_nonfinite: bool = False) -> Bundle:
     """MMSA feature pickle: BERT text features, audio and vision sequences, optional SIMS T/A/V labels."""
     p = Path(path).expanduser()
-    data = _split_dicts(_load_pickle(p, allow_pickle), p, MMSA_KEYS)
+    data = _split_dicts(_load_pickle(p, allow_pickle), p, MMSA_KEYS, "regression_labels")
     notes: list[str] = []
     splits = {s: _mmsa_split(d, p, f"split {s!r}", notes) for s, d in data.items()}
     return _bundle(p.stem, splits, p, value_range, fix_nonfinite, notes)
@@ -159,19 +196,19 @@ MULT_KEYS = ("text", "audio", "vision", "labels", "id")
 
 
 def _mult_split(d: dict, path: Path, where: str) -> Split:
-    feats = {m: _array(d[m], path, f"{where} {m!r}", 3) for m in MODALITIES}
+    ids = _ids(d["id"])
+    feats = {m: _array(d[m], path, f"{where} {m!r}", 3, ids) for m in MODALITIES}
     # fully aligned, no lengths stored: full length, or 0 where a sample's modality is all zeros
     lengths = {m: np.where(a.reshape(len(a), -1).any(axis=1), a.shape[1], 0).astype(np.int64)
                for m, a in feats.items()}
-    return Split(ids=_ids(d["id"]), y=_per_sample(d["labels"], path, f"{where} 'labels'"),
-                 features=feats, lengths=lengths)
+    return Split(ids=ids, y=_per_sample(d["labels"], path, f"{where} 'labels'", ids), features=feats, lengths=lengths)
 
 
 def read_mult(path: str | Path, allow_pickle: bool = False, value_range: float | None = None,
               fix_nonfinite: bool = False) -> Bundle:
     """MulT pickle: word-aligned GloVe text, audio and vision sequences; no raw text."""
     p = Path(path).expanduser()
-    data = _split_dicts(_load_pickle(p, allow_pickle), p, MULT_KEYS)
+    data = _split_dicts(_load_pickle(p, allow_pickle), p, MULT_KEYS, "labels")
     splits = {s: _mult_split(d, p, f"split {s!r}") for s, d in data.items()}
     return _bundle(p.stem, splits, p, value_range, fix_nonfinite)
 
@@ -181,49 +218,56 @@ def read_mult(path: str | Path, allow_pickle: bool = False, value_range: float |
 MISA_FILES = {"train": "train.pkl", "valid": "dev.pkl", "test": "test.pkl"}
 
 
-def _misa_split(data: object, path: Path) -> Split:
+def _misa_split(data: object, path: Path, where: str) -> Split:
     """A list of `((word_ids, visual (T, 47), acoustic (T, 74), words), [[label]], segment_id)`.
 
     word_ids index a GloVe vocabulary that is not shipped, so text comes from the words (raw_text)."""
     if not isinstance(data, list):
         raise DataError(f"a MISA file must hold a list of samples, not {type(data).__name__}", path)
+    if not data:
+        raise DataError(f"{where} is empty (0 samples); every split needs samples", path)
     try:
-        rows = [(np.asarray(v, np.float32), np.asarray(a, np.float32), " ".join(map(_text, words)),
-                 np.asarray(label, np.float32).reshape(-1), _text(sid))
-                for (_, v, a, words), label, sid in data]
+        visual, acoustic, text, labels, ids = zip(*[(v, a, " ".join(map(_text, words)), label, _text(sid))
+                                                     for (_, v, a, words), label, sid in data])
     except (TypeError, ValueError) as e:
         raise DataError(f"not a MISA list of ((word_ids, visual, acoustic, words), label, segment_id) ({e})",
                         path) from None
-    for i, (v, a, *_rest) in enumerate(rows):
-        if v.ndim != 2 or a.ndim != 2:
-            raise DataError(f"sample {i}: visual and acoustic must be (T, D), got {v.shape} and {a.shape}", path)
-    visual, acoustic, text, labels, ids = zip(*rows) if rows else ((),) * 5
-    split = Split(ids=np.array(ids, dtype=str), y=_per_sample(list(labels), path, "labels"),
-                  raw_text=np.array(text, dtype=str))
-    split.features["vision"], split.lengths["vision"] = pad_sequences(list(visual))
-    split.features["audio"], split.lengths["audio"] = pad_sequences(list(acoustic))
+    ids = np.array(ids, dtype=str)
+    split = Split(ids=ids, y=_per_sample(list(labels), path, f"{where} labels", ids), raw_text=np.array(text, dtype=str))
+    for m, name, seqs in (("vision", "visual", visual), ("audio", "acoustic", acoustic)):
+        arrays = [_array(x, path, f"{where} segment {i}: {name} features", 2) for x, i in zip(seqs, ids)]
+        mixed = _mixed([x.shape[1] for x in arrays], ids, "dims", "segments")
+        if mixed:
+            raise DataError(f"{where}: {name} features of mixed widths: {mixed}", path)
+        split.features[m], split.lengths[m] = pad_sequences(arrays)
     return split
 
 
 def read_misa_split(path: str | Path, allow_pickle: bool = False, fix_nonfinite: bool = False) -> Split:
     """One MISA file (e.g. `dev.pkl`) as a checked `Split`."""
     p = Path(path).expanduser()
-    split = _misa_split(_load_pickle(p, allow_pickle), p)
+    split = _misa_split(_load_pickle(p, allow_pickle), p, p.name)
     _finish(p.stem, split, p, fix_nonfinite)
     return split
 
 
-def read_misa(path: str | Path, allow_pickle: bool = False, split: str = "valid", value_range: float | None = None,
-              fix_nonfinite: bool = False) -> Bundle:
-    """A MISA folder (train.pkl, dev.pkl, test.pkl), or one file read as the split named by `split`."""
+def read_misa(path: str | Path, allow_pickle: bool = False, split: str | None = None,
+              value_range: float | None = None, fix_nonfinite: bool = False) -> Bundle:
+    """A MISA folder (train.pkl, dev.pkl, test.pkl), or one file read as the split named by `split` (a single file
+    holds one split and nothing says which: ConfigError without `split`)."""
     p = Path(path).expanduser()
-    if p.is_dir():
+    _opted_in(allow_pickle, p)
+    if existing(p, "MISA file or folder").is_dir():
         files = {s: p / f for s, f in MISA_FILES.items()}
+    elif split is None:
+        raise ConfigError("a single MISA file holds one split: say which with data.options.split=train, valid or "
+                          "test (training needs all three: give the folder holding train.pkl, dev.pkl and test.pkl)",
+                          p)
     elif split in SPLITS:
         files = {split: p}
     else:
         raise ConfigError(f"data.options.split must be one of {list(SPLITS)}, not {split!r}")
-    splits = {s: _misa_split(_load_pickle(f, allow_pickle), f) for s, f in files.items()}
+    splits = {s: _misa_split(_load_pickle(f, allow_pickle), f, f"split {s!r}") for s, f in files.items()}
     return _bundle(p.stem, splits, p, value_range, fix_nonfinite, sources=files)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .core import Bundle, Split
 from .formats import READERS
-from .tables import SPLITS, UNI_COLUMNS, read_label_csv, read_npz, read_score_table
+from .tables import SPLITS, UNI_COLUMNS, read_label_csv, read_npz, read_score_table, to_float32
 
 DATASETS: dict[str, Callable[..., Bundle]] = {}
 DESCRIPTIONS: dict[str, str] = {}
@@ -59,12 +59,14 @@ def reader_options(name: str) -> list[str]:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, value_range: float | None = None,
-                 **options) -> Bundle:
+                 clip_labels: bool = False, need: tuple[str, ...] = SPLITS, **options) -> Bundle:
     """Build a registered dataset, or read a user's file with `format:path` (e.g. `mmsa:aligned_50.pkl`).
 
     `options` are the reader's options; one set (not None / False) that this reader does not take is a
     ConfigError, so a setting never passes silently. `value_range` is the label scale: readers of user files take
-    it, a registered dataset has its own and refuses another."""
+    it, a registered dataset has its own and refuses another. Labels outside the scale are an error, or with
+    `clip_labels` (data.options.clip_labels, any dataset) clipped into it and reported. Every split in `need` must
+    be there and hold samples (checked here, before any work: one line naming the file and the split)."""
     read = reader_of(name)
     takes = reader_options(name)
     stray = [k for k, v in options.items() if v not in (None, False) and k not in takes]
@@ -78,7 +80,22 @@ def load_dataset(name: str, data_dir: str | Path | None = None, value_range: flo
     if value_range is not None and float(value_range) != bundle.value_range:
         raise ConfigError(f"dataset {name!r} has labels in [-{bundle.value_range:g}, {bundle.value_range:g}]; "
                           f"data.value_range={value_range:g} does not apply to it")
+    check_splits(bundle, name, need)
+    bundle.fit_labels(clip_labels, value_range)
     return bundle
+
+
+def check_splits(bundle: Bundle, name: str, need: tuple[str, ...] = SPLITS) -> None:
+    """Every split in `need` is there and holds samples; else one line naming the file and the split."""
+    absent = [s for s in need if s not in bundle.splits]
+    if absent:
+        raise ConfigError(f"dataset {name!r} has no {' and '.join(map(repr, absent))} split (it holds "
+                          f"{', '.join(map(repr, bundle.splits))}); training, eval and transfer need train, valid "
+                          "and test" + ("; give the folder holding train.pkl, dev.pkl and test.pkl"
+                                        if name.startswith("misa:") else ""), bundle.source)
+    for s in need:
+        if not len(bundle.splits[s]):
+            raise DataError(f"split {s!r} has no rows; every split needs samples", bundle.source_of(s))
 
 
 def _label_csv_splits(table: dict, modes: np.ndarray | None = None) -> dict[str, Split]:
@@ -122,9 +139,11 @@ def _utterance_features(data_dir: Path) -> tuple[Path, dict[str, np.ndarray]]:
     return path, z
 
 
-def _vector(split_rows: np.ndarray, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One utterance vector per clip, as a length-1 sequence."""
-    return vec[split_rows][:, None, :].astype(np.float32), np.ones(len(split_rows), dtype=np.int64)
+def _vector(split_rows: np.ndarray, vec: np.ndarray, path: Path, what: str,
+            ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One utterance vector per clip, as a length-1 sequence (float32; overflow is an error naming the ids)."""
+    return (to_float32(vec[split_rows], path, what, ids)[:, None, :],
+            np.ones(len(split_rows), dtype=np.int64))
 
 
 @register_dataset("mosi", "CMU-MOSI official split 1284/229/686: text (transcripts) + audio (openSMILE utterance "
@@ -146,7 +165,8 @@ def mosi(data_dir: Path, modalities=("text", "audio")) -> Bundle:
             missing = [i for i in s.ids if i not in row]
             if missing:
                 raise DataError(f"{len(missing)} clips of label.csv have no features (first: {missing[0]})", npz_path)
-            s.features["audio"], s.lengths["audio"] = _vector(np.array([row[i] for i in s.ids]), z["audio"])
+            s.features["audio"], s.lengths["audio"] = _vector(np.array([row[i] for i in s.ids], dtype=np.int64),
+                                                              z["audio"], npz_path, "audio", s.ids)
             s.check(npz_path)  # only the vectors used must be clean
     return Bundle(name="mosi", splits=splits, value_range=3.0, source=str(csv_path))
 
@@ -167,11 +187,12 @@ def mosi_bclstm(data_dir: Path, text_source: str = "transcript", valid_share: fl
     splits = {}
     for s in SPLITS:
         rows = np.nonzero(modes == s)[0]
-        split = Split(ids=z["ids"][rows], y=z["label"][rows].astype(np.float32), raw_text=z["transcript"][rows])
-        split.features["audio"], split.lengths["audio"] = _vector(rows, z["audio"])
-        split.features["vision"], split.lengths["vision"] = _vector(rows, z["video"])
+        ids = z["ids"][rows]
+        split = Split(ids=ids, y=to_float32(z["label"][rows], path, "label", ids), raw_text=z["transcript"][rows])
+        split.features["audio"], split.lengths["audio"] = _vector(rows, z["audio"], path, "audio", ids)
+        split.features["vision"], split.lengths["vision"] = _vector(rows, z["video"], path, "video", ids)
         if text_source == "cnn":
-            split.features["text"], split.lengths["text"] = _vector(rows, z["text"])
+            split.features["text"], split.lengths["text"] = _vector(rows, z["text"], path, "text", ids)
         elif text_source != "transcript":
             raise ConfigError(f"data.options.text_source must be 'transcript' or 'cnn', not {text_source!r}")
         split.check(path)

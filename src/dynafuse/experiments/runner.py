@@ -46,15 +46,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..analysis.report import write_report
+from ..config import check_keys, read_yaml
+from ..data.registry import reader_of
 from ..errors import ConfigError, DynafuseError
 from ..files import safe_name
-from ..training import RunDir
+from ..training import RunDir, build_config
 
 BACKENDS = ("local", "ray")
 EVALUATIONS = ("robustness", "transfer")
+TASKS = ("regression", "3class")
+EXPERIMENT_KEYS = ("out", "seeds", "overrides", "workers", "backend", "cpus_per_cell", "report", "grid")
+BLOCK_KEYS = ("models", "datasets", "seeds", "task", "preset", "overrides", "variants", "evaluate")
 
 
 @dataclass
@@ -76,18 +79,96 @@ class Cell:
         return out / safe_name(self.dataset) / f"{name}-s{self.seed}"
 
 
+def listed(value, key: str, source: object, kind: type = str, required: bool = False) -> list:
+    """A list of `kind` (a single value is a list of one); else a ConfigError naming `key` (None: [] unless
+    `required`)."""
+    if value is None and not required:
+        return []
+    items = [value] if isinstance(value, kind) and not isinstance(value, bool) else value
+    if (not isinstance(items, list) or (required and not items)
+            or not all(isinstance(v, kind) and not isinstance(v, bool) for v in items)):
+        raise ConfigError(f"{key} must be a {'non-empty ' if required else ''}list of {kind.__name__}s, "
+                          f"not {value!r}", source)
+    return items
+
+
+def overrides_list(value, key: str, source: object) -> list[str]:
+    """A list of `key.path=value` strings."""
+    items = listed(value, key, source)
+    bad = [o for o in items if "=" not in o]
+    if bad:
+        raise ConfigError(f"{key}: {bad[0]!r} is not a key.path=value override", source)
+    return items
+
+
+def _block(entry: object, where: str, p: Path) -> dict:
+    """One grid block, its keys and value types checked (lists normalised)."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping (models, datasets, ...), not {entry!r}", p)
+    check_keys(entry, BLOCK_KEYS, where, p)
+    out = dict(entry, models=listed(entry.get("models"), f"{where}.models", p, required=True),
+               datasets=listed(entry.get("datasets"), f"{where}.datasets", p, required=True),
+               overrides=overrides_list(entry.get("overrides"), f"{where}.overrides", p))
+    if entry.get("preset") is not None:  # `preset: 2501.08085` is a YAML number: the name is its text
+        out["preset"] = entry["preset"] if isinstance(entry["preset"], str) else str(entry["preset"])
+    if "seeds" in entry:
+        out["seeds"] = listed(entry["seeds"], f"{where}.seeds", p, int, required=True)
+    if entry.get("task", "regression") not in TASKS:
+        raise ConfigError(f"{where}.task must be one of {', '.join(TASKS)}, not {entry['task']!r}", p)
+    variants = entry.get("variants") or {"": []}
+    if not isinstance(variants, dict):
+        raise ConfigError(f"{where}.variants maps a variant name to its overrides, not {variants!r}", p)
+    out["variants"] = {str(k or ""): overrides_list(v, f"{where}.variants.{k}", p) for k, v in variants.items()}
+    evaluate = entry.get("evaluate") or {}
+    if (not isinstance(evaluate, dict) or set(evaluate) - set(EVALUATIONS)
+            or not isinstance(evaluate.get("transfer") or [], list)):
+        raise ConfigError(f"{where}.evaluate takes robustness: true and transfer: [datasets], not {evaluate}", p)
+    return out
+
+
+def check_cells(spec: dict, p: Path) -> None:
+    """Build every cell's config (and name every dataset) now, so a typo fails in one line before any training."""
+    done = set()
+    for i, entry in enumerate(spec["grid"]):
+        for dataset in [*entry["datasets"], *((entry.get("evaluate") or {}).get("transfer") or [])]:
+            try:
+                reader_of(dataset)
+            except ConfigError as e:
+                raise ConfigError(f"grid[{i}]: {e.problem}", p) from None
+        for c in expand({**spec, "grid": [entry]}):
+            key = (c.model, c.dataset, c.task, c.preset, tuple(c.overrides), c.variant)
+            if key in done:
+                continue
+            done.add(key)
+            try:
+                build_config(c.model, c.dataset, [*c.overrides, f"model.task={c.task}",
+                                                  *([f"variant={c.variant}"] if c.variant else [])],
+                             preset=c.preset or None)
+            except ConfigError as e:
+                at = f" ({e.path})" if e.path and e.path != "command-line override" else ""
+                raise ConfigError(f"grid[{i}], {c.model} on {c.dataset}"
+                                  f"{f' [{c.variant}]' if c.variant else ''}: {e.problem}{at}", p) from None
+
+
 def load_experiment(path: str | Path) -> dict:
+    """The experiment file, checked before anything runs: its keys, each block's keys and types, and every
+    cell's config (one ConfigError line naming the file and the key)."""
     p = Path(path)
     if not p.exists():
         raise ConfigError("no such experiment file", p)
-    spec = yaml.safe_load(p.read_text()) or {}
-    if "grid" not in spec:
-        raise ConfigError("an experiment needs a 'grid' list", p)
-    for entry in spec["grid"]:
-        evaluate = entry.get("evaluate") or {}
-        unknown = set(evaluate) - set(EVALUATIONS)
-        if unknown or not isinstance(evaluate.get("transfer", []), list):
-            raise ConfigError(f"grid 'evaluate' takes robustness: true and transfer: [datasets], not {evaluate}", p)
+    spec = read_yaml(p, "an experiment file")
+    check_keys(spec, EXPERIMENT_KEYS, "the experiment file", p)
+    if not isinstance(spec.get("grid"), list) or not spec["grid"]:
+        raise ConfigError("an experiment needs a 'grid': a list of blocks (models, datasets, ...)", p)
+    spec["grid"] = [_block(entry, f"grid[{i}]", p) for i, entry in enumerate(spec["grid"])]
+    spec["seeds"] = listed(spec.get("seeds", [0]), "seeds", p, int, required=True)
+    spec["overrides"] = overrides_list(spec.get("overrides"), "overrides", p)
+    for key, kind in (("out", str), ("report", str), ("workers", int), ("cpus_per_cell", (int, float))):
+        if spec.get(key) is not None and (not isinstance(spec[key], kind) or isinstance(spec[key], bool)
+                                          or (kind is not str and spec[key] <= 0)):
+            raise ConfigError(f"{key} must be a {'path' if kind is str else 'positive number'}, not {spec[key]!r}",
+                              p)
+    check_cells(spec, p)
     return spec
 
 
@@ -113,8 +194,10 @@ def evaluations(cell: Cell, run: Path, data_dir: str | None) -> list[tuple[str, 
         todo.append(("robust", ["robust", str(run)]))
     for target in cell.evaluate.get("transfer") or []:
         if not rd.transfer_file(target).exists():
+            opt_in = "data.options.allow_pickle=true" in cell.overrides  # the cell trusts pickles: its targets too
             todo.append((f"transfer {target}", ["transfer", str(run), "--dataset", target,
-                                                *(["--data-dir", data_dir] if data_dir else [])]))
+                                                *(["--data-dir", data_dir] if data_dir else []),
+                                                *(["--allow-pickle"] if opt_in else [])]))
     return todo
 
 

@@ -45,14 +45,19 @@ from pathlib import Path
 
 import yaml
 
+from ..config import check_keys, read_yaml
+from ..data.registry import reader_of
 from ..errors import ConfigError, DynafuseError
 from ..files import atomic_write_csv, atomic_write_json, atomic_write_text, safe_name
-from ..metrics import lower_is_better
-from ..training import RunDir
-from .runner import Cell, ray_session, run_cell
+from ..metrics import METRIC_KEYS, MMSA_KEYS, lower_is_better
+from ..training import RunDir, build_config
+from .runner import TASKS, Cell, overrides_list, ray_session, run_cell
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 SEARCH_BACKENDS = ("optuna", "ray")
+METRICS = tuple(dict.fromkeys(k for k in (*METRIC_KEYS, "f1_3", *MMSA_KEYS[3.0], *MMSA_KEYS[1.0]) if k != "n"))
+SEARCH_KEYS = ("model", "dataset", "out", "trials", "seed", "metric", "overrides", "task", "backend", "workers",
+               "space")
 
 
 class TrialFailed(DynafuseError):
@@ -73,16 +78,43 @@ def load_search(path: str | Path) -> dict:
     p = Path(path)
     if not p.exists():
         raise ConfigError("no such search file", p)
-    spec = yaml.safe_load(p.read_text()) or {}
+    spec = read_yaml(p, "a search file")
+    check_keys(spec, SEARCH_KEYS, "the search file", p)
     missing = [k for k in ("model", "dataset", "metric", "space") if not spec.get(k)]
     if missing:
         raise ConfigError(f"a search needs {', '.join(missing)}", p)
     if not isinstance(spec["space"], dict):
         raise ConfigError("'space' maps config keys to ranges, e.g. train.lr: {loguniform: [1e-4, 3e-3]}", p)
-    spec = {"out": f"runs/tune/{spec['model']}-{safe_name(spec['dataset'])}", "trials": 20, "seed": 0, "overrides": [],
-            "task": "regression", "backend": "optuna", "workers": 1, **spec, "file": str(p)}
-    distributions(spec["space"], p)
+    spec = {"out": f"runs/tune/{spec['model']}-{safe_name(str(spec['dataset']))}", "trials": 20, "seed": 0,
+            "overrides": [], "task": "regression", "backend": "optuna", "workers": 1, **spec, "file": str(p)}
+    for key in ("trials", "workers", "seed"):
+        if not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < (key != "seed"):
+            raise ConfigError(f"{key} must be a {'non-negative' if key == 'seed' else 'positive'} whole number, "
+                              f"not {spec[key]!r}", p)
+    if spec["task"] not in TASKS:
+        raise ConfigError(f"task must be one of {', '.join(TASKS)}, not {spec['task']!r}", p)
+    if spec["metric"] not in METRICS:
+        raise ConfigError(f"metric {spec['metric']!r} is not a metric; choose one of {', '.join(METRICS)}", p)
+    spec["overrides"] = overrides_list(spec["overrides"], "overrides", p)
+    check_space(spec, distributions(spec["space"], p), p)
     return spec
+
+
+def check_space(spec: dict, space: dict, p: Path) -> None:
+    """Build the trial config at every end of every range (and each choice) now: an unknown key or a value out of
+    its range is one line naming the search file and the key, before any trial trains."""
+    base = [*spec["overrides"], f"model.task={spec['task']}"]
+    try:
+        reader_of(str(spec["dataset"]))
+        build_config(str(spec["model"]), str(spec["dataset"]), base)
+    except ConfigError as e:
+        raise ConfigError(f"model/dataset/overrides: {e.problem}", p) from None
+    for key, dist in space.items():
+        for v in getattr(dist, "choices", None) or (dist.low, dist.high):
+            try:
+                build_config(str(spec["model"]), str(spec["dataset"]), [*base, *trial_overrides({key: v})])
+            except ConfigError as e:
+                raise ConfigError(f"space.{key} = {v!r}: {e.problem}", p) from None
 
 
 def distributions(space: dict, path=None) -> dict:

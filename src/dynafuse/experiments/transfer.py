@@ -24,11 +24,14 @@ from ..training.run import loader, set_threads
 SPLIT = "test"
 
 
-def target_config(cfg: DictConfig, target: str, data_dir=None, limit: int | None = None) -> DictConfig:
-    """The run's config pointed at `target`: the target preset's reader options, the run's text config."""
+def target_config(cfg: DictConfig, target: str, data_dir=None, limit: int | None = None,
+                  allow_pickle: bool = False) -> DictConfig:
+    """The run's config pointed at `target`: the target preset's reader options (plus `allow_pickle`: the user
+    trusts the target's pickle), the run's text config."""
     out = copy.deepcopy(cfg)
     preset = build_config(cfg.model.name, target).data
     out.data.name, out.data.options, out.data.value_range = target, preset.options, None
+    out.data.options.allow_pickle = bool(allow_pickle)
     if data_dir:
         out.data.data_dir = str(data_dir)
     if limit:
@@ -50,13 +53,15 @@ def _range(value_range: float) -> str:
     return f"[{-value_range:g}, {value_range:g}]"
 
 
-def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | None = None) -> dict:
-    """Score the run's selected model on `target`'s test split; write `RUN_DIR/transfer-<target>.json`."""
+def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | None = None,
+                 allow_pickle: bool = False) -> dict:
+    """Score the run's selected model on `target`'s test split; write `RUN_DIR/transfer-<target>.json`.
+    `allow_pickle`: the target is a pickle the user trusts (`--allow-pickle`)."""
     run = RunDir(run_dir)
     run_dir = run.path
     cfg, info, lit = load_model(run_dir)
     source = cfg.data.name
-    tcfg = target_config(cfg, target, data_dir, limit)
+    tcfg = target_config(cfg, target, data_dir, limit, allow_pickle)
     set_threads(tcfg)
     bundle = prepare_data(tcfg)
     if float(bundle.value_range) != float(info["value_range"]):

@@ -166,7 +166,9 @@ class RunDir:
     @contextmanager
     def lock(self):
         """Hold the folder's lock (`.lock`, an OS file lock that dies with its process) for a training run; a
-        second holder gets one DynafuseError line naming the process that has it."""
+        second holder gets one DynafuseError line naming the process that has it. A folder made only for the lock
+        (the training failed before writing anything) is removed again: nothing partly written is left."""
+        made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         lock, owner = FileLock(self.path / ".lock"), self.path / ".lock.owner"
         try:
@@ -181,6 +183,9 @@ class RunDir:
         finally:
             owner.unlink(missing_ok=True)
             lock.release()
+            if made and {p.name for p in self.path.iterdir()} <= {".lock"}:
+                (self.path / ".lock").unlink(missing_ok=True)
+                self.path.rmdir()
 
     def clear_results(self) -> None:
         """Before training again (--force): remove the finished marker first, then the other results."""
