@@ -110,12 +110,17 @@ def test_resume_with_other_settings_is_one_line(data_dir, tmp_path):
     assert cli(*base, "train.threads=1", "--resume").returncode == 0  # a change that computes the same is fine
 
 
-def test_ctrl_c_stops_with_the_projects_message_and_resumes(data_dir, tmp_path):
-    out = tmp_path / "run"
+def long_training(out: Path, data_dir, **popen):
+    """`dynafuse train` of early fusion on MOSI for 30 epochs into `out`, started in the background: its args and
+    process."""
     args = ["train", "--model", "early_fusion", "--dataset", "mosi", "--out", str(out), "--data-dir", str(data_dir),
             "train.progress=false", "train.max_epochs=30", "train.patience=100"]
-    proc = subprocess.Popen([sys.executable, "-m", "dynafuse.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return args, subprocess.Popen([sys.executable, "-m", "dynafuse.cli", *args], stdout=subprocess.DEVNULL, **popen)
+
+
+def test_ctrl_c_stops_with_the_projects_message_and_resumes(data_dir, tmp_path):
+    out = tmp_path / "run"
+    _, proc = long_training(out, data_dir, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and _epochs_logged(out) < 1:
         time.sleep(0.2)
@@ -129,10 +134,7 @@ def test_ctrl_c_stops_with_the_projects_message_and_resumes(data_dir, tmp_path):
 def test_two_trainings_into_one_folder(data_dir, tmp_path):
     """The second training into a folder that is being trained stops at once, in one line saying who holds it."""
     out = tmp_path / "run"
-    args = ["train", "--model", "early_fusion", "--dataset", "mosi", "--out", str(out), "--data-dir", str(data_dir),
-            "train.progress=false", "train.max_epochs=30", "train.patience=100"]
-    first = subprocess.Popen([sys.executable, "-m", "dynafuse.cli", *args], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    args, first = long_training(out, data_dir, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (out / ".lock.owner").exists():
