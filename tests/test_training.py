@@ -118,7 +118,7 @@ def long_training(out: Path, data_dir, **popen):
     return args, subprocess.Popen([sys.executable, "-m", "dynafuse.cli", *args], stdout=subprocess.DEVNULL, **popen)
 
 
-def test_ctrl_c_stops_with_the_projects_message_and_resumes(data_dir, tmp_path):
+def test_ctrl_c_stops_with_the_projects_message_and_keeps_the_checkpoint(data_dir, tmp_path):
     out = tmp_path / "run"
     _, proc = long_training(out, data_dir, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
