@@ -49,5 +49,6 @@ test: install
 test-heavy: install
 	DYNAFUSE_HEAVY=1 $(PY) -m pytest -q -m "slow or heavy"
 
+# The committed run records under runs/ stay; only the demo run (not committed) goes.
 clean:
-	rm -rf $(VENV) .cache runs
+	rm -rf $(VENV) .cache runs/demo
