@@ -415,7 +415,8 @@ def test_token_ids_run_a_frozen_backbone_with_adapters(tmp_path):
     BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(tmp_path)
     torch.manual_seed(0)
-    model = create_model("kuda", {"text": 0, "audio": 8}, {**CFG, "text_adapters": 2}, backbone=str(tmp_path))
+    model = create_model("kuda", {"text": 0, "audio": 8}, {**CFG, "text_adapters": 2}, backbone=str(tmp_path),
+                         unimodal_labels=("text", "audio"))
     assert model.text_taps == [0, 2, 4] and len(model.encoders["text"].inject.adapters) == 2
     assert model.encoders["text"].encoder is None and model.encoders["text"].out_dim == 32
     assert not any(p.requires_grad for p in model.text_backbone.parameters())
