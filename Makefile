@@ -8,25 +8,33 @@ export DYNAFUSE_DATA
 # Installed without their declared deps, which would pull jax, opencv and tensorflow; the few runtime deps
 # they need are in the `media` extra. (Users: pip install "dynafuse[media]" && pip install --no-deps $(MEDIA_NODEPS))
 MEDIA_NODEPS := mediapipe==0.10.14 facex
+# The versions the committed runs and the tests were made with: every install takes them as constraints, so a fresh
+# clone trains with the same libraries (`make lock` rewrites the file from a working .venv).
+LOCK := -c requirements-lock.txt
 
-.PHONY: demo test test-heavy install media clean
+.PHONY: demo test test-heavy install media lock clean
 
 install: $(VENV)/.installed
 
 # torch==2.13.0 goes first and pinned: it is the CPU wheel; any other spec pulls GBs of CUDA packages.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements-lock.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e ".[test]"
-	$(VENV)/bin/pip install -q --no-deps $(MEDIA_NODEPS)
+	$(VENV)/bin/pip install -q $(LOCK) -e ".[test]"
+	$(VENV)/bin/pip install -q $(LOCK) --no-deps $(MEDIA_NODEPS)
 	touch $@
 
 # Only the raw-video stack (already part of `install`): decoding, openSMILE, FaceMesh, facex, ASR.
 media:
 	test -x $(PY) || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q torch==2.13.0)
-	$(VENV)/bin/pip install -q -e ".[media]"
-	$(VENV)/bin/pip install -q --no-deps $(MEDIA_NODEPS)
+	$(VENV)/bin/pip install -q $(LOCK) -e ".[media]"
+	$(VENV)/bin/pip install -q $(LOCK) --no-deps $(MEDIA_NODEPS)
+
+# The tested versions, from the working .venv (dynafuse itself left out; torch without its local +cpu tag, so the
+# constraint also holds where pip names the same CPU wheel 2.13.0).
+lock:
+	$(VENV)/bin/pip freeze --exclude-editable | sed -e 's/^torch==\([^+]*\)+.*/torch==\1/' > requirements-lock.txt
 
 demo: install
 	$(VENV)/bin/dynafuse demo
