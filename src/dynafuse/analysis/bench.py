@@ -53,6 +53,7 @@ from ..data import SplitDataset
 from ..errors import ConfigError, DynafuseError
 from ..files import atomic_write_json, atomic_write_text, safe_name
 from ..models import benchmark_models, list_models
+from ..progress import progress
 from ..training import RunDir, build_config, prepare_data
 from ..training.run import build_module, choose_threads, loader
 from .summary import md_table
@@ -284,15 +285,20 @@ def compare_threads(runs=THREAD_RUNS, threads=THREAD_COUNTS, jobs=JOB_COUNTS, ep
     """s/epoch of real training runs for every (run, jobs at once, threads): the default of one thread against
     more, alone and beside an identical run. For each run the settings follow each other, so they see about the
     same load from other jobs; each run's text cache is built before the timing."""
-    with tempfile.TemporaryDirectory(prefix="dynafuse-threads-", dir=work) as tmp:
+    settings = len(runs) * (1 + len(jobs) * len(threads))
+    with tempfile.TemporaryDirectory(prefix="dynafuse-threads-", dir=work) as tmp, \
+            progress("bench: training runs timed", settings, "settings", every=0) as bar:
         rows, start = [], load_average()
         for model, dataset in runs:
             train_jobs(model, dataset, 1, 1, 1, list(overrides), Path(tmp))  # warm: text cache, page cache
+            bar.advance(1, f"{model} on {dataset}: warm-up run")
             for n_jobs in jobs:
                 for n_threads in threads:
                     secs = train_jobs(model, dataset, n_threads, n_jobs, epochs, list(overrides), Path(tmp))
                     rows.append({"model": model, "dataset": dataset, "jobs": n_jobs, "threads": n_threads,
                                  "sec_per_epoch": statistics.mean(secs), "sec_per_epoch_jobs": secs})
+                    bar.advance(1, f"{model} on {dataset}, {n_jobs} at once, {n_threads} threads: "
+                                   f"{rows[-1]['sec_per_epoch']:.2f} s/epoch")
     return {"epochs": epochs, "threads": list(threads), "jobs": list(jobs), "rows": rows,
             "load_average": [start, load_average()], "logical_cores": os.cpu_count()}
 
@@ -328,9 +334,12 @@ def bench(models: list[str] | None = None, dataset: str = "mosi", train: bool = 
         specs.append((m, "", []))
         if m == NO_GMRA[0]:
             specs.append(NO_GMRA)
-    rows = [_in_fresh_process(measure_model, m, dataset, variant, [*overrides, *extra], threads, repeats, warmup,
-                              train, steps)
-            for m, variant, extra in specs]
+    rows = []
+    with progress(f"bench: models measured on {dataset}", len(specs), "models", every=0) as bar:
+        for m, variant, extra in specs:
+            rows.append(_in_fresh_process(measure_model, m, dataset, variant, [*overrides, *extra], threads, repeats,
+                                          warmup, train, steps))
+            bar.advance(1, m + (f" ({variant})" if variant else ""))
     for r in rows:
         r["achieved_flops"] = r["flops_per_sample"] * r["throughput"]
         r["share_of_matmul"] = r["achieved_flops"] / r["matmul_flops"]

@@ -23,7 +23,7 @@ from ..metrics import levels
 from ..progress import track
 from ..training import load_run, predict_batches
 from ..training.predict import MIN_SHARE
-from ..training.run import loader, set_threads
+from ..training.run import loader
 from .figures import TSNE_MAX, attention_figure, gates_figure, tsne_figure
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -59,7 +59,6 @@ def explain_run(run_dir: str | Path, out: str | Path | None = None, split: str =
     cfg, lit, bundle = load_run(run_dir)
     if split not in bundle.splits:
         raise DynafuseError(f"no {split!r} split in this run's data; have {sorted(bundle.splits)}", run_dir)
-    set_threads(cfg)
     model = lit.model
     batches = track(loader(bundle, split, cfg, shuffle=False), f"explain {run_dir}: {split} predictions",
                     unit="batches")

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..metrics import score_metrics
 from ..progress import progress
 from ..training import RunDir, load_run, predict_batches
-from ..training.run import loader, set_threads
+from ..training.run import loader
 
 LEVELS = [round(i / 10, 1) for i in range(10)]  # 0, 0.1, ..., 0.9
 SHOWN = {"regression": ["mae", "corr", "acc2_non0", "acc7"], "3class": ["acc3", "f1_3"]}
@@ -82,7 +82,6 @@ def robustness_run(run_dir: str | Path, split: str = "test", seed: int = 0, leve
     cfg, lit, bundle = load_run(run_dir)
     if split not in bundle.splits:
         raise ConfigError(f"the run's dataset has no {split!r} split", run_dir)
-    set_threads(cfg)
     started = time.time()
     model = lit.model
     mods = list(model.modalities)

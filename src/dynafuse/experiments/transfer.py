@@ -59,7 +59,7 @@ def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | N
     source = cfg.data.name
     tcfg = target_config(cfg, target, data_dir, limit)
     set_threads(tcfg)
-    bundle = prepare_data(tcfg)
+    bundle = prepare_data(tcfg, splits=[SPLIT])
     if float(bundle.value_range) != float(info["value_range"]):
         raise ConfigError(f"label ranges differ: {source} is {_range(info['value_range'])} but {target} is "
                           f"{_range(bundle.value_range)}; zero-shot transfer needs the same scale", run_dir)

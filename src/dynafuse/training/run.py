@@ -120,12 +120,15 @@ def text_cache_layers(cfg: DictConfig) -> int:
     return model_entry(cfg.model.name).cls.text_cache_layers(OmegaConf.to_object(cfg.model), backbone_depth(t.backbone))
 
 
-def prepare_data(cfg: DictConfig) -> Bundle:
+def prepare_data(cfg: DictConfig, splits: list[str] | None = None) -> Bundle:
     """The config's dataset with its text attached (frozen token states from the cache, token ids, or the cached
-    output of a fine-tuned backbone's frozen bottom layers)."""
+    output of a fine-tuned backbone's frozen bottom layers). `splits`: keep only these (zero-shot transfer needs
+    the target's test split alone, so MOSEI's 16k training transcripts are not encoded for it)."""
     d = cfg.data
     options = OmegaConf.to_container(d.options)
     bundle = load_dataset(d.name, d.data_dir, d.value_range, **options)
+    if splits:
+        bundle.splits = {k: s for k, s in bundle.splits.items() if k in splits}
     if d.limit:  # the first N rows of each split: quick smoke runs and tests on real data
         bundle.splits = {k: s.subset(np.arange(min(len(s), int(d.limit)))) for k, s in bundle.splits.items()}
     cache = Path(os.environ.get("DYNAFUSE_CACHE", d.cache_dir))
@@ -400,8 +403,10 @@ def load_model(run_dir: str | Path) -> tuple[DictConfig, dict, LitMSA]:
 
 
 def load_run(run_dir: str | Path) -> tuple[DictConfig, LitMSA, Bundle]:
-    """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint."""
+    """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint. Sets torch's
+    threads as the run's config says (`set_threads`) before any text is encoded."""
     cfg, info, lit = load_model(run_dir)
+    set_threads(cfg)
     bundle = prepare_data(cfg)
     expected = info["input_dims"]
     if bundle.input_dims() != expected:
