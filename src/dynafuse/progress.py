@@ -97,6 +97,8 @@ class Bar:
 
 
 class Silent:
+    """The same calls, showing nothing (`enabled=False`)."""
+
     def advance(self, n: int = 1, note: str | None = None) -> None:
         pass
 

@@ -252,6 +252,7 @@ JOB_COUNTS = (1, 2)  # one run alone, two identical runs at once
 
 
 def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable processes; None where the OS has none)."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
@@ -437,6 +438,7 @@ def thread_table(t: dict) -> tuple[str, list[str], list[list[str]]]:
 
 
 def thread_note(t: dict) -> str:
+    """How the thread comparison was measured, with the machine's load at its start and end."""
     load = ", ".join("?" if x is None else f"{x:.1f}" for x in t["load_average"])
     return (f"Training threads: `dynafuse train` runs of exactly {t['epochs']} epochs (train.max_epochs = "
             "train.patience), each in its own process with train.threads set; s/epoch = fit seconds (validation "
