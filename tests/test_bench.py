@@ -12,12 +12,14 @@ from torch import nn
 
 from dynafuse.analysis.bench import (
     bench,
+    compare_threads,
     count_flops,
     gmra_overhead,
     inference_peak_mb,
     markdown,
     matmul_flops,
     print_report,
+    thread_table,
     write_report,
 )
 from dynafuse.cli import main
@@ -92,3 +94,18 @@ def test_bench_two_models_on_real_mosi(data_dir, tmp_path):
     assert json.loads(js.read_text())["rows"][1]["model"] == "daf"
     assert "Training" in markdown(result)
     print_report(result)
+
+
+@pytest.mark.slow
+def test_thread_comparison_on_real_training_runs(data_dir, tmp_path):
+    """Real `dynafuse train` processes (a 60-row MOSI subset, 1 epoch): every (jobs, threads) setting is timed and
+    the table gives s/epoch, the thread ratio and the slow-down of two jobs at once."""
+    t = compare_threads(runs=(("daf", "mosi"),), epochs=1, work=tmp_path,
+                        overrides=[f"data.data_dir={data_dir}", "data.limit=60"])
+    assert [(r["jobs"], r["threads"]) for r in t["rows"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(r["sec_per_epoch"] > 0 and len(r["sec_per_epoch_jobs"]) == r["jobs"] for r in t["rows"])
+    title, header, rows = thread_table(t)
+    assert header[2:] == ["s/epoch, 1 thread (default)", "s/epoch, 2 threads", "2 threads / 1"]
+    assert [r[:2] for r in rows] == [["daf on mosi", "1"], ["daf on mosi", "2"], ["daf on mosi", "2 / 1 (slow-down)"]]
+    assert float(rows[0][4]) == pytest.approx(t["rows"][1]["sec_per_epoch"] / t["rows"][0]["sec_per_epoch"], abs=0.01)
+    assert not list(tmp_path.iterdir())  # the timed runs' folders are removed

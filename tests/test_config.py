@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
@@ -9,6 +11,7 @@ from dynafuse.cli import main
 from dynafuse.config import dump
 from dynafuse.errors import ConfigError
 from dynafuse.training import RunDir, build_config, run_config
+from dynafuse.training.run import choose_threads
 
 
 @pytest.mark.parametrize("override, words", [
@@ -37,10 +40,30 @@ def test_wrong_type_is_one_line(override, key):
 
 @pytest.mark.parametrize("override", ["train.lr=-0.001", "data.batch_size=0", "model.dropout=1.5",
                                       "train.max_epochs=0", "data.value_range=5", "train.devices=0",
-                                      "train.warmup_ratio=1", "model.task=binary", "train.monitor=accuracy"])
+                                      "train.warmup_ratio=1", "model.task=binary", "train.monitor=accuracy",
+                                      "train.threads=0", "train.threads=many"])
 def test_out_of_range_is_refused_before_any_data(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         build_config("daf", "mosi", [override])
+
+
+def test_threads_default_environment_and_auto(monkeypatch):
+    """One thread unless told: train.threads wins over $DYNAFUSE_THREADS; auto takes the cores the 1-minute load
+    leaves free, shared by the run's processes; each answer says why."""
+    monkeypatch.delenv("DYNAFUSE_THREADS", raising=False)
+    n, why = choose_threads(None)
+    assert n == 1 and why.startswith("the default")
+    assert choose_threads(3) == (3, "train.threads=3")
+    monkeypatch.setenv("DYNAFUSE_THREADS", "2")
+    assert choose_threads(None) == (2, "$DYNAFUSE_THREADS=2") and choose_threads(3)[0] == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.5, 0.0, 0.0))
+    assert choose_threads("auto", devices=2)[0] == 2  # int(8 - 2.5) = 5 free cores over 2 processes
+    monkeypatch.setattr(os, "getloadavg", lambda: (11.0, 0.0, 0.0))
+    assert choose_threads("auto")[0] == 1  # a saturated machine: still one
+    monkeypatch.setenv("DYNAFUSE_THREADS", "lots")
+    with pytest.raises(ConfigError, match=r"\$DYNAFUSE_THREADS='lots'"):
+        choose_threads(None)
 
 
 def test_presets_and_overrides_merge_in_order(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dynafuse.errors import ConfigError
-from dynafuse.experiments.runner import Cell, expand, load_experiment, run_experiment
+from dynafuse.experiments.runner import Cell, expand, load_experiment, run_experiment, share_threads
 
 
 def test_expand_grid_with_variants_and_tasks(tmp_path):
@@ -38,6 +38,19 @@ def test_block_overrides_apply_to_that_block_only(tmp_path):
     assert plain.overrides == ["train.progress=false", "train.patience=4"]
     assert wo_gate.overrides == ["train.progress=false", "train.patience=4", "model.path_gate=false"]
     assert str(plain.run_dir(tmp_path)).endswith("mosei/dpdf_lq-s0")
+
+
+def test_threads_auto_shares_the_cores_between_workers(monkeypatch):
+    """Only a cell that asks for train.threads=auto (its overrides, or DYNAFUSE_THREADS=auto) gets the runner's
+    share (cores // workers); the others keep the default of one thread per process."""
+    monkeypatch.delenv("DYNAFUSE_THREADS", raising=False)
+    plain, auto, fixed = (Cell("daf", "mosi", 0, overrides=o)
+                          for o in ([], ["train.threads=auto"], ["train.threads=auto", "train.threads=3"]))
+    out = share_threads([plain, auto, fixed], 4)
+    assert [c.overrides for c in out] == [[], ["train.threads=auto", "train.threads=4"],
+                                          ["train.threads=auto", "train.threads=3"]]
+    monkeypatch.setenv("DYNAFUSE_THREADS", "auto")
+    assert share_threads([plain], 2)[0].overrides == ["train.threads=2"]
 
 
 def test_experiment_file_errors(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from dynafuse.data.core import Bundle, Split
-from dynafuse.data.registry import DATASETS, register_dataset
+from dynafuse.data.registry import DATASETS, DESCRIPTIONS, register_dataset
 from dynafuse.training import build_config, load_run, predict_batches, train
 from dynafuse.training.run import loader
 
@@ -51,10 +51,16 @@ def synthetic_one_informative(n: int, seed: int, dim: int = 8, distractor: float
 SPLITS = {name: synthetic_one_informative(n, seed, distractor=d) for name, n, seed, d in
           (("train", 400, 0, 3.0), ("valid", 200, 1, 3.0), ("test", 500, 2, 6.0))}
 
-if "synthetic-one-informative" not in DATASETS:
+@pytest.fixture(scope="module", autouse=True)
+def synthetic_dataset():
+    """Registered only while this module runs: the registry other tests see stays the shipped one."""
     @register_dataset("synthetic-one-informative", "SYNTHETIC: one random modality per sample carries the label")
     def _synthetic(_data_dir, **_):
         return Bundle(name="synthetic-one-informative", splits={k: s for k, (s, _) in SPLITS.items()})
+
+    yield
+    DATASETS.pop("synthetic-one-informative")
+    DESCRIPTIONS.pop("synthetic-one-informative")
 
 
 # Small widths keep the test to a few minutes on 2 cores; the mechanism, not the capacity, is under test.

@@ -169,12 +169,13 @@ def test_aggregate_and_format():
     agg = aggregate(rows)
     assert set(agg) == {"acc2", "mae"}  # non-numeric keys skipped
     # deviations -2,0,2 -> sum of squares 8 / (3-1) = 4 -> std 2
-    assert agg["acc2"] == {"mean": approx(82.0), "std": approx(2.0)}
+    assert agg["acc2"] == {"mean": approx(82.0), "std": approx(2.0), "n": 3}
     assert agg["mae"]["mean"] == approx(0.7) and agg["mae"]["std"] == approx(0.2)
     assert format_mean_std(agg, "acc2", 2) == "82.00 ± 2.00"
     assert format_mean_std(agg, "mae", 3) == "0.700 ± 0.200"
     single = aggregate([compute_metrics(PRED_A, LABEL_A)])
-    assert single["acc7"] == {"mean": approx(40.0), "std": 0.0}
+    assert single["acc7"] == {"mean": approx(40.0), "std": 0.0, "n": 1}
+    assert format_mean_std(single, "mae", 3) == f"{single['mae']['mean']:.3f} (1 seed)"  # not "± 0.000"
     json.dumps(single, allow_nan=False)
 
 

@@ -100,7 +100,7 @@ def test_report_writes_every_output(runs, tmp_path, monkeypatch):
     assert "| daf | 3 | 2.000 ± 1.000 | 1.200 ± 0.000 | 1.100 ± 0.000 |" in md
     assert "drop audio" in md and "mosi → mosei" in md and "synthetic transfer note" in md
     rr = report["extras"]["robustness"]["mosi/regression"]["relative_robustness"]["daf"]["noise/text"]["mae"]
-    assert rr == pytest.approx({"mean": 2.0, "std": 1.0})
+    assert rr == pytest.approx({"mean": 2.0, "std": 1.0, "n": 3})
     assert report["extras"]["transfer"][0]["zero_shot"]["mae"]["mean"] == pytest.approx(1.1)
 
     html = (out / "synthetic.html").read_text()

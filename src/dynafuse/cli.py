@@ -7,52 +7,60 @@ import json
 import sys
 from pathlib import Path
 
+from . import catalog
 from .errors import DynafuseError
 
 
-def _table(rows: dict[str, str]) -> None:
+def console():
+    """A rich console for tables: a terminal's own width; into a file or pipe 160 columns, not rich's 80 (which
+    cut the published column names)."""
     from rich.console import Console
+
+    c = Console()
+    if not c.is_terminal:
+        c.width = max(c.width, 160)
+    return c
+
+
+def _table(rows: dict[str, str]) -> None:
     from rich.table import Table
 
     t = Table(show_header=True, header_style="bold")
-    t.add_column("name")
-    t.add_column("description")
+    t.add_column("name", no_wrap=True)
+    t.add_column("description", overflow="fold")
     for k, v in rows.items():
         t.add_row(k, v)
-    Console().print(t)
+    console().print(t)
 
 
 def print_metrics(metrics: dict, title: str = "", anchors: list[dict] | None = None) -> None:
-    """Metrics as rows, splits (and any published reference rows) as columns."""
-    from rich.console import Console
+    """Metrics as rows, splits (and any published reference rows) as columns; narrow terminals wrap the column
+    names instead of cutting them."""
     from rich.table import Table
 
     t = Table(title=title or None)
-    t.add_column("metric")
+    t.add_column("metric", no_wrap=True)
     for split in metrics:
-        t.add_column(split, justify="right")
+        t.add_column(split, justify="right", overflow="fold")
     for a in anchors or []:
-        t.add_column(f"{a['model']} (published)", justify="right", style="dim")
+        t.add_column(f"{a['model']} (published)", justify="right", style="dim", overflow="fold")
     for k in (k for k in metrics["test"] if k != "n"):
         cells = [f"{metrics[s][k]:.3f}" for s in metrics]
         cells += ["" if a.get(k) is None else f"{a[k]:g}" for a in anchors or []]
         t.add_row(k, *cells)
-    Console().print(t)
+    console().print(t)
 
 
 def cmd_models(_):
-    from .models import list_models
+    from .catalog import models
 
-    _table(list_models())
+    _table(models())
 
 
 def cmd_datasets(_):
-    from .data import DESCRIPTIONS
-    from .data.formats import READERS
+    from .catalog import datasets, format_descriptions
 
-    kinds = {k: f"a user's {k.upper()} pickle (needs --allow-pickle)" for k in READERS}
-    kinds["path"] = "a folder written by `dynafuse extract` (features from raw clips)"
-    _table({**DESCRIPTIONS, **{f"{k}:PATH": v for k, v in kinds.items()}})
+    _table({**datasets(), **format_descriptions()})
 
 
 def cmd_train(a):
@@ -156,7 +164,7 @@ def cmd_bench(a):
     overrides = list(a.overrides) + ([f"data.data_dir={a.data_dir}"] if a.data_dir else [])
     overrides += ["data.options.allow_pickle=true"] if a.allow_pickle else []
     result = bench(models, a.dataset, train=a.train, threads=a.threads, repeats=a.repeats, warmup=a.warmup,
-                   steps=a.steps, overrides=overrides)
+                   steps=a.steps, overrides=overrides, thread_epochs=a.compare_threads)
     print_report(result)
     md, js = write_report(result, a.out)
     print(f"wrote {md} and {js}")
@@ -166,7 +174,7 @@ def cmd_report(a):
     from .analysis.report import write_report
 
     write_report(a.runs, a.out, split=a.split, data_dir=a.data_dir)
-    print(f"wrote {a.out}.md, .html, .csv, _summary.csv, .json and {a.out}_figures/")
+    print(f"wrote {a.out}.md, _overview.md, .html, .csv, _summary.csv, .json and {a.out}_figures/")
 
 
 def cmd_explain(a):
@@ -240,9 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list registered models").set_defaults(fn=cmd_models)
     sub.add_parser("datasets", help="list registered datasets and readable formats").set_defaults(fn=cmd_datasets)
     t = sub.add_parser("train", help="train one run, select on valid, test once")
-    t.add_argument("--model", required=True)
-    t.add_argument("--dataset", required=True, help="a registered name or FORMAT:PATH")
-    t.add_argument("--seed", type=int, help="same as train.seed=N (default 0)")
+    t.add_argument("--model", required=True, help=f"a registered model: {', '.join(catalog.models())} "
+                                                  "(`dynafuse models` describes them)")
+    t.add_argument("--dataset", required=True, help=f"a registered dataset ({', '.join(catalog.datasets())}) or "
+                                                    f"FORMAT:PATH ({', '.join(catalog.formats())})")
+    t.add_argument("--seed", type=int, help="seed of initialisation, shuffling and dropout; same as train.seed=N "
+                                            "(default 0)")
     t.add_argument("--out", help="run folder (default runs/MODEL-DATASET-sSEED)")
     t.add_argument("--task", choices=["regression", "3class"])
     t.add_argument("--data-dir", help="folder of datasets (default $DYNAFUSE_DATA or ../shared/datasets)")
@@ -255,16 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="re-evaluate a saved run")
-    e.add_argument("--run", required=True)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--run", required=True, help="a finished run folder (with its checkpoints/, e.g. runs/demo)")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--allow-pickle", action="store_true",
                    help="load a checkpoint that holds more than plain weights (it can run code: only files you trust)")
     e.set_defaults(fn=cmd_eval)
     d = sub.add_parser("demo", help="train and evaluate the default model on real MOSI, beside published rows")
-    d.add_argument("--model", default="early_fusion")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--data-dir")
-    d.add_argument("overrides", nargs="*")
+    d.add_argument("--model", default="early_fusion", help="a registered model (default early_fusion)")
+    d.add_argument("--out", default="runs/demo", help="run folder (default runs/demo; reused once finished)")
+    d.add_argument("--data-dir", help="folder of datasets (default $DYNAFUSE_DATA or ../shared/datasets)")
+    d.add_argument("overrides", nargs="*", help="key.path=value config overrides")
     d.set_defaults(fn=cmd_demo)
     s = sub.add_parser("summarize", help="mean ± std tables over the finished runs under some folders")
     s.add_argument("runs", nargs="+")
@@ -304,7 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--models", help="comma-separated (default: every model but unimodal_audio/vision)")
     b.add_argument("--train", action="store_true", help="also time real training steps")
     b.add_argument("--out", default="reports/cost", help="write OUT.md and OUT.json")
-    b.add_argument("--threads", type=whole(1), help="torch threads for every model (default $DYNAFUSE_THREADS or torch's)")
+    b.add_argument("--threads", type=whole(1), help="torch threads for every model (default $DYNAFUSE_THREADS, else 1)")
+    b.add_argument("--compare-threads", type=whole(1), nargs="?", const=5, metavar="EPOCHS",
+                   help="also time real training runs (daf on mosi-bclstm, early_fusion on mosi) of EPOCHS epochs "
+                        "(default 5): 1 thread (the default) against 2, alone and 2 at once")
     b.add_argument("--repeats", type=whole(1), default=20, help="timed passes per figure (the median is reported)")
     b.add_argument("--warmup", type=whole(0), default=3, help="untimed passes before timing")
     b.add_argument("--steps", type=whole(1), default=10, help="timed training steps with --train")
@@ -314,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(fn=cmd_bench)
     rp = sub.add_parser("report", help="Markdown/HTML/CSV/JSON report with figures over finished runs")
     rp.add_argument("runs", nargs="+", help="run folders or folders holding runs")
-    rp.add_argument("--out", required=True, help="writes OUT.md, OUT.html, OUT.csv, OUT_summary.csv, OUT.json, "
-                                                 "OUT_figures/")
+    rp.add_argument("--out", required=True, help="writes OUT.md, OUT_overview.md (its main table alone), OUT.html, "
+                                                 "OUT.csv, OUT_summary.csv, OUT.json, OUT_figures/")
     rp.add_argument("--split", default="test", choices=["valid", "test"])
     rp.add_argument("--data-dir", help="datasets folder whose ../anchors holds the published rows")
     rp.set_defaults(fn=cmd_report)

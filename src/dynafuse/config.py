@@ -174,7 +174,9 @@ class TrainConfig:
     devices: Any = 1  # an int, or "auto"
     strategy: str = "auto"  # e.g. ddp for data parallel over several processes
     precision: str = "32-true"
-    threads: Optional[int] = positive(None, "torch CPU threads per process (default: see training.run)")
+    # torch CPU threads per process: N, or auto (the cores free now); null: $DYNAFUSE_THREADS, else 1 (see
+    # training.run.choose_threads for why one)
+    threads: Any = None
     progress: bool = True
     init_from: Optional[str] = None  # a checkpoint whose matching weights start the run (KuDA's stage 1)
     skip_stages: List[str] = field(default_factory=list)
@@ -353,9 +355,15 @@ def validate(cfg: DictConfig, source: object = None) -> None:
     """Range checks of every section (types and keys were checked by the merge)."""
     obj = OmegaConf.to_object(cfg)
     check_ranges(obj, source=source)
-    devices = obj.train.devices
-    if not (devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1)):
-        raise ConfigError(f"train.devices={devices!r} must be a positive number of devices or 'auto'", source)
+    count_or_auto(obj.train.devices, "train.devices", "devices", source)
+    if obj.train.threads is not None:
+        count_or_auto(obj.train.threads, "train.threads", "threads", source)
+
+
+def count_or_auto(value, key: str, what: str, source: object = None) -> None:
+    """`value` must be a positive int or "auto" (train.devices, train.threads); else one ConfigError line."""
+    if not (value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)):
+        raise ConfigError(f"{key}={value!r} must be a positive number of {what} or 'auto'", source)
 
 
 def load_run_config(model_config: ModelConfig, saved: dict, source: object) -> DictConfig:

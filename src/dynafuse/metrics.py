@@ -272,7 +272,7 @@ def confusion(pred, label, n_levels: int = 7, value_range: float = 3.0) -> np.nd
 
 
 def aggregate(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
-    """Mean and sample std (ddof=1; 0.0 for a single row) of every numeric key shared by all rows."""
+    """Mean, sample std (ddof=1; 0.0 for a single row) and count `n` of every numeric key shared by all rows."""
     if not rows:
         raise ValueError("aggregate needs at least one row")
 
@@ -284,13 +284,16 @@ def aggregate(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
     for k in keys:
         vals = np.array([float(r[k]) for r in rows])
         std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-        agg[k] = {"mean": float(np.mean(vals)), "std": std}
+        agg[k] = {"mean": float(np.mean(vals)), "std": std, "n": len(vals)}
     return agg
 
 
 def format_mean_std(agg: dict[str, dict[str, float]], key: str, digits: int = 2) -> str:
-    """E.g. ``"83.40 ± 0.52"`` for ``agg[key]``."""
+    """E.g. ``"83.40 ± 0.52"`` for ``agg[key]``; ``"83.40 (1 seed)"`` for a single value, whose std of 0 would read
+    as a measured spread."""
     if key not in agg:
         raise ValueError(f"unknown metric {key!r}; have {sorted(agg)}")
     m = agg[key]
+    if m.get("n") == 1:
+        return f"{m['mean']:.{digits}f} (1 seed)"
     return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"

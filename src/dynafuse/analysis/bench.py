@@ -19,6 +19,10 @@ machine, and so do the ratios between models; the absolute times do not. Ratios 
 fusion, with / without GMRA) are taken on times scaled by each process's matmul rate, which cancels load from
 other jobs that changed during the run. CrossSent is measured a second time with `model.gmra=false`:
 this gives the GMRA overhead, laid out like CrossSent's Table 4.
+
+With `thread_epochs` (`--compare-threads`), real training runs (`dynafuse train`, a few epochs) are also timed with
+one torch thread (the trainer's default) and with two, alone and two identical runs at once: s/epoch and the ratios
+(`compare_threads`), the evidence for the default.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ import math
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,11 +50,12 @@ from torch.utils.flop_counter import (
 )
 
 from ..data import SplitDataset
-from ..errors import ConfigError
-from ..files import atomic_write_json, atomic_write_text
+from ..errors import ConfigError, DynafuseError
+from ..files import atomic_write_json, atomic_write_text, safe_name
 from ..models import benchmark_models, list_models
-from ..training import build_config, prepare_data
-from ..training.run import build_module, loader
+from ..progress import progress
+from ..training import RunDir, build_config, prepare_data
+from ..training.run import build_module, choose_threads, loader
 from .summary import md_table
 
 NO_GMRA = ("crosssent", "gmra=false", ["model.gmra=false"])  # (model, variant, overrides): the Table 4 baseline
@@ -231,7 +240,68 @@ def _in_fresh_process(fn, *args):
 
 
 def resolve_threads(threads: int | None = None) -> int:
-    return max(1, int(threads or os.environ.get("DYNAFUSE_THREADS") or torch.get_num_threads()))
+    """--threads, else the trainer's default (`training.run.choose_threads`: $DYNAFUSE_THREADS, else 1)."""
+    return choose_threads(threads)[0]
+
+
+# ---------------------------------------------------------------------------------------------- thread settings
+
+THREAD_RUNS = (("daf", "mosi-bclstm"), ("early_fusion", "mosi"))  # a light and a heavier run, as in issue 18
+THREAD_COUNTS = (1, 2)  # the default against two threads (the cores of the machines this was built on)
+JOB_COUNTS = (1, 2)  # one run alone, two identical runs at once
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable processes; None where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def train_jobs(model: str, dataset: str, threads: int, jobs: int, epochs: int, overrides: list[str],
+               work: Path) -> list[float]:
+    """Start `jobs` identical real training runs (`dynafuse train`, each in its own process) at once, with
+    `threads` torch threads each and exactly `epochs` epochs (no early stop); return each run's s/epoch (fit
+    seconds over epochs, from its run.json: validation included, data loading not)."""
+    procs, runs = [], []
+    for j in range(jobs):
+        run = work / f"{model}-{safe_name(dataset)}-t{threads}-j{jobs}-{j}"
+        shutil.rmtree(run, ignore_errors=True)
+        args = [sys.executable, "-m", "dynafuse.cli", "train", "--model", model, "--dataset", dataset, "--out", str(run),
+                *overrides, f"train.threads={threads}", f"train.max_epochs={epochs}", f"train.patience={epochs}",
+                "train.progress=false"]
+        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        runs.append(run)
+    out = []
+    for proc, run in zip(procs, runs):
+        _, err = proc.communicate()
+        if proc.returncode:
+            last = (err.strip().splitlines() or ["(no output)"])[-1]
+            raise DynafuseError(f"the timed training run failed (exit {proc.returncode}): {last}", run)
+        stages = RunDir(run).info()["stages"].values()
+        out.append(sum(s["seconds"] for s in stages) / max(1, sum(s["epochs"] for s in stages)))
+    return out
+
+
+def compare_threads(runs=THREAD_RUNS, threads=THREAD_COUNTS, jobs=JOB_COUNTS, epochs: int = 5,
+                    overrides: list[str] = (), work: str | Path | None = None) -> dict:
+    """s/epoch of real training runs for every (run, jobs at once, threads): the default of one thread against
+    more, alone and beside an identical run. For each run the settings follow each other, so they see about the
+    same load from other jobs; each run's text cache is built before the timing."""
+    settings = len(runs) * (1 + len(jobs) * len(threads))
+    with tempfile.TemporaryDirectory(prefix="dynafuse-threads-", dir=work) as tmp, \
+            progress("bench: training runs timed", settings, "settings", every=0) as bar:
+        rows, start = [], load_average()
+        for model, dataset in runs:
+            train_jobs(model, dataset, 1, 1, 1, list(overrides), Path(tmp))  # warm: text cache, page cache
+            bar.advance(1, f"{model} on {dataset}: warm-up run")
+            for n_jobs in jobs:
+                for n_threads in threads:
+                    secs = train_jobs(model, dataset, n_threads, n_jobs, epochs, list(overrides), Path(tmp))
+                    rows.append({"model": model, "dataset": dataset, "jobs": n_jobs, "threads": n_threads,
+                                 "sec_per_epoch": statistics.mean(secs), "sec_per_epoch_jobs": secs})
+                    bar.advance(1, f"{model} on {dataset}, {n_jobs} at once, {n_threads} threads: "
+                                   f"{rows[-1]['sec_per_epoch']:.2f} s/epoch")
+    return {"epochs": epochs, "threads": list(threads), "jobs": list(jobs), "rows": rows,
+            "load_average": [start, load_average()], "logical_cores": os.cpu_count()}
 
 
 def machine_info(threads: int) -> dict:
@@ -253,8 +323,10 @@ def check_models(models: list[str]) -> None:
 
 
 def bench(models: list[str] | None = None, dataset: str = "mosi", train: bool = False, threads: int | None = None,
-          repeats: int = 20, warmup: int = 3, steps: int = 10, overrides: list[str] = ()) -> dict:
-    """Measure `models` (default: the registry's `benchmark` models) side by side; CrossSent also without GMRA."""
+          repeats: int = 20, warmup: int = 3, steps: int = 10, overrides: list[str] = (),
+          thread_epochs: int | None = None) -> dict:
+    """Measure `models` (default: the registry's `benchmark` models) side by side; CrossSent also without GMRA.
+    `thread_epochs`: also compare thread settings on real training runs of that many epochs (`compare_threads`)."""
     models = list(models or benchmark_models())
     check_models(models)
     threads = resolve_threads(threads)
@@ -263,9 +335,12 @@ def bench(models: list[str] | None = None, dataset: str = "mosi", train: bool = 
         specs.append((m, "", []))
         if m == NO_GMRA[0]:
             specs.append(NO_GMRA)
-    rows = [_in_fresh_process(measure_model, m, dataset, variant, [*overrides, *extra], threads, repeats, warmup,
-                              train, steps)
-            for m, variant, extra in specs]
+    rows = []
+    with progress(f"bench: models measured on {dataset}", len(specs), "models", every=0) as bar:
+        for m, variant, extra in specs:
+            rows.append(_in_fresh_process(measure_model, m, dataset, variant, [*overrides, *extra], threads, repeats,
+                                          warmup, train, steps))
+            bar.advance(1, m + (f" ({variant})" if variant else ""))
     for r in rows:
         r["achieved_flops"] = r["flops_per_sample"] * r["throughput"]
         r["share_of_matmul"] = r["achieved_flops"] / r["matmul_flops"]
@@ -277,10 +352,14 @@ def bench(models: list[str] | None = None, dataset: str = "mosi", train: bool = 
     probes = [r["matmul_flops"] for r in rows]
     machine = {**machine_info(threads), "matmul_flops": statistics.median(probes), "matmul_flops_range": [
         min(probes), max(probes)]}
-    return {"dataset": dataset, "machine": machine,
-            "settings": {"repeats": repeats, "warmup": warmup, "batch": BATCH, "train_steps": steps if train else None,
-                         "overrides": list(overrides)},
-            "rows": rows, "gmra": gmra_overhead(rows)}
+    result = {"dataset": dataset, "machine": machine,
+              "settings": {"repeats": repeats, "warmup": warmup, "batch": BATCH,
+                           "train_steps": steps if train else None, "overrides": list(overrides)},
+              "rows": rows, "gmra": gmra_overhead(rows)}
+    if thread_epochs:
+        result["threads"] = compare_threads(epochs=thread_epochs, overrides=[o for o in overrides
+                                                                             if o.startswith("data.data_dir=")])
+    return result
 
 
 def gmra_overhead(rows: list[dict]) -> dict | None:
@@ -327,6 +406,8 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         out.append(("Training", ["model", "batch", "s/step", "s/epoch", "x early_fusion"],
                     [[_label(r), str(r["train_batch"]), f"{r['sec_per_step']:.3f}", f"{r['sec_per_epoch']:.1f}",
                       _optional(r.get("vs_early_fusion"), ".1f")] for r in rows]))
+    if result.get("threads"):
+        out.append(thread_table(result["threads"]))
     g = result.get("gmra")
     if g:
         out.append(("GMRA overhead (CrossSent Table 4): with / without GMRA",
@@ -334,6 +415,37 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                     [[f"{g['params']:.3f} (+{g['added_params']:,})", f"{g['flops_per_sample']:.3f}",
                       f"{g['latency_ms']:.3f}", f"{g['throughput']:.3f}", f"{g['memory']:.3f}"]]))
     return out
+
+
+def thread_table(t: dict) -> tuple[str, list[str], list[list[str]]]:
+    """s/epoch per (run, jobs at once) and thread count, the ratio of the most threads to the default's, and per
+    thread count the ratio of the most jobs at once to one job."""
+    low, high = t["threads"][0], t["threads"][-1]
+    cell = {(r["model"], r["dataset"], r["jobs"], r["threads"]): r["sec_per_epoch"] for r in t["rows"]}
+    name = {1: "1 thread (default)"}
+    header = ["training run", "jobs at once", *(f"s/epoch, {name.get(n, f'{n} threads')}" for n in t["threads"]),
+              f"{high} threads / {low}"]
+    rows = []
+    for model, dataset in dict.fromkeys((r["model"], r["dataset"]) for r in t["rows"]):
+        for jobs in t["jobs"]:
+            secs = [cell[model, dataset, jobs, n] for n in t["threads"]]
+            rows.append([f"{model} on {dataset}", str(jobs), *(f"{x:.2f}" for x in secs), f"{secs[-1] / secs[0]:.2f}"])
+        one, most = t["jobs"][0], t["jobs"][-1]
+        rows.append([f"{model} on {dataset}", f"{most} / {one} (slow-down)",
+                     *(f"{cell[model, dataset, most, n] / cell[model, dataset, one, n]:.2f}" for n in t["threads"]),
+                     ""])
+    return (f"Training threads: {t['epochs']} epochs of real runs, alone and {t['jobs'][-1]} at once", header, rows)
+
+
+def thread_note(t: dict) -> str:
+    """How the thread comparison was measured, with the machine's load at its start and end."""
+    load = ", ".join("?" if x is None else f"{x:.1f}" for x in t["load_average"])
+    return (f"Training threads: `dynafuse train` runs of exactly {t['epochs']} epochs (train.max_epochs = "
+            "train.patience), each in its own process with train.threads set; s/epoch = fit seconds (validation "
+            "included, data loading not) / epochs, from run.json, the mean over the runs started together. 1-minute "
+            f"load average at the start and end: {load} on {t['logical_cores']} logical cores (other jobs on the "
+            "machine count too). More threads than free cores make each run wait for the others' threads: see the "
+            "rows with 2 jobs at once.")
 
 
 def notes(result: dict) -> list[str]:
@@ -360,6 +472,8 @@ def notes(result: dict) -> list[str]:
                      "final training stage, full loss with every declared term; s/epoch = s/step x "
                      "batches per train epoch; x early_fusion compares s/epoch scaled by the matmul rate timed in "
                      "turns with the steps (load-corrected).")
+    if result.get("threads"):
+        lines.append(thread_note(result["threads"]))
     lines.append("Compare ratios (between models, and to the matmul rate); absolute times depend on the machine "
                  "and its load.")
     return lines
@@ -392,8 +506,15 @@ def print_report(result: dict) -> None:
 
 
 def write_report(result: dict, out: str | Path) -> tuple[Path, Path]:
-    """OUT.md (tables and notes) and OUT.json (every number), each written atomically."""
+    """OUT.md (tables and notes) and OUT.json (every number), each written atomically; with a thread comparison
+    also OUT_threads.md, its table alone (the README quotes it where it explains the default)."""
     out = Path(out)
     md = atomic_write_text(out.with_name(out.name + ".md"), markdown(result))
     js = atomic_write_json(out.with_name(out.name + ".json"), result)
+    t = result.get("threads")
+    if t:
+        title, header, rows = thread_table(t)
+        atomic_write_text(out.with_name(out.name + "_threads.md"),
+                          f"{title} (`dynafuse bench --compare-threads`, with the rest of {out.name}.md).\n\n"
+                          f"{md_table(header, rows)}\n\n{thread_note(t)}\n")
     return md, js

@@ -12,6 +12,7 @@ A model that returns no gates, attention or fused representation gets a note in 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,11 @@ import numpy as np
 from ..errors import DynafuseError
 from ..files import atomic_write_csv, atomic_write_json
 from ..metrics import levels
+from ..progress import track
 from ..training import load_run, predict_batches
 from ..training.predict import MIN_SHARE
 from ..training.run import loader
-from .figures import attention_figure, gates_figure, tsne_figure
+from .figures import TSNE_MAX, attention_figure, gates_figure, tsne_figure
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -58,7 +60,9 @@ def explain_run(run_dir: str | Path, out: str | Path | None = None, split: str =
     if split not in bundle.splits:
         raise DynafuseError(f"no {split!r} split in this run's data; have {sorted(bundle.splits)}", run_dir)
     model = lit.model
-    res = predict_batches(model, loader(bundle, split, cfg, shuffle=False), fused=True, attention=True)
+    batches = track(loader(bundle, split, cfg, shuffle=False), f"explain {run_dir}: {split} predictions",
+                    unit="batches")
+    res = predict_batches(model, batches, fused=True, attention=True)
     ids = np.asarray(bundle.splits[split].ids)[res.index]
     n_levels = 3 if model.task == "3class" else 7
     level = levels(res.y, n_levels, bundle.value_range)
@@ -105,6 +109,8 @@ def explain_run(run_dir: str | Path, out: str | Path | None = None, split: str =
         info["notes"].append("no attention map worth drawing (ModelOutput.attention is empty or single-key)")
 
     if res.fused is not None and len(res.fused) > 5:
+        print(f"explain {run_dir}: t-SNE of {min(len(res.fused), TSNE_MAX)} fused vectors (seconds to minutes)",
+              file=sys.stderr, flush=True)
         info["tsne"] = tsne_figure(res.fused, res.y, out / "tsne.png",
                                    title + ": t-SNE of the fused representation")
         info["figures"].append("tsne.png")

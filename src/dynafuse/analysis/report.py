@@ -118,7 +118,7 @@ def overview_blocks(groups: list[dict], split: str) -> list:
         for d, t in columns:
             g = cells.get((model, d, t))
             row.append("" if g is None else " / ".join(cell(g["agg"], k) for k in HEADLINE[t])
-                       + f" ({g['n_seeds']})")
+                       + (f" ({g['n_seeds']})" if g["n_seeds"] > 1 else ""))  # one seed: each cell says so
         rows.append(row)
     return [("h", 2, f"Main table ({split} split, mean ± std over seeds; seeds in brackets)"),
             ("table", header, rows)]

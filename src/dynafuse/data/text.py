@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_save_npy
+from ..progress import progress
 from .core import Bundle
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights ship in packages; never reach for a hub
@@ -250,28 +251,31 @@ def tokenize(texts, name: str | None, max_len: int) -> tuple[np.ndarray, np.ndar
 
 
 def token_states(model, ids: np.ndarray, lengths: np.ndarray, batch_size: int = 64, layer: int | None = None,
-                 dtype=np.float16) -> np.ndarray:
+                 dtype=np.float16, label: str | None = None) -> np.ndarray:
     """Frozen backbone states `(N, L, H)` for token ids `(N, L)`, zero past each length: the last layer's (float16,
     the frozen-text features), or with `layer` the output of the first `layer` layers (0 = the embeddings; float32,
-    the cached bottom of a partly fine-tuned backbone). The backbone runs in eval mode, without gradients."""
+    the cached bottom of a partly fine-tuned backbone). The backbone runs in eval mode, without gradients.
+    `label`: show progress under this name (sentences done, rate, ETA; see `dynafuse.progress`)."""
     import torch
 
     out = np.zeros((*ids.shape, model.config.hidden_size), dtype=dtype)
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), progress(label or "", len(ids), "sentences", enabled=label is not None) as bar:
         for s in range(0, len(ids), batch_size):
             i = torch.from_numpy(ids[s:s + batch_size])
             m = torch.arange(ids.shape[1])[None] < torch.from_numpy(lengths[s:s + batch_size])[:, None]
             res = model(input_ids=i, attention_mask=m.long(), output_hidden_states=layer is not None)
             h = res.last_hidden_state if layer is None else res.hidden_states[layer]
             out[s:s + batch_size] = (h * m[..., None]).numpy().astype(dtype)
+            bar.advance(len(i))
     return out
 
 
 def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_size: int = 64,
-                  layer: int | None = None):
+                  layer: int | None = None, label: str = "encoding text"):
     """Token states `(N, max_len, H)` (see `token_states`; `layer` picks a lower layer, float32), memory-mapped on
     reuse, cached under a hash of the backbone's identity (`backbone_identity`), max_len, the texts and the layer.
+    Encoding shows its progress under `label`.
 
     Every batch runs at the full width max_len (rows are not cut to their longest member): cutting gives the same
     states only to float16 rounding, and the numbers of a fresh install must equal the committed runs'."""
@@ -284,7 +288,7 @@ def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_
         return np.load(feats_file, mmap_mode="r"), np.load(len_file)
     ids, lengths = tokenize(texts, name, max_len)
     out = token_states(load_backbone(name), ids, lengths, batch_size, layer,
-                       np.float16 if layer is None else np.float32)
+                       np.float16 if layer is None else np.float32, label=f"{label} (once; cached in {cache_dir})")
     atomic_save_npy(len_file, lengths)
     atomic_save_npy(feats_file, out)
     return np.load(feats_file, mmap_mode="r"), lengths
@@ -313,16 +317,17 @@ def attach_text(bundle: Bundle, cfg, cache_dir: Path, cached_layers: int = 0) ->
             raise ConfigError(f"dataset {bundle.name} ships no text features; use data.text.source=raw")
         return bundle
     _check_aligned_tokens(bundle, cfg)
-    for split in bundle.splits.values():
+    for split_name, split in bundle.splits.items():
         if split.raw_text is None:
             raise ConfigError(f"dataset {bundle.name} has no transcripts to encode")
+        label = f"{bundle.name} {split_name} text through {cfg.backbone or DEFAULT_BACKBONE}"
         if cfg.finetune and cached_layers:
             ids, lengths = encode_frozen(split.raw_text, cfg.backbone, cfg.max_len, cache_dir / "text",
-                                         layer=cached_layers)
+                                         layer=cached_layers, label=f"{label}'s first {cached_layers} layers")
         elif cfg.finetune:
             ids, lengths = tokenize(split.raw_text, cfg.backbone, cfg.max_len)
         else:
-            ids, lengths = encode_frozen(split.raw_text, cfg.backbone, cfg.max_len, cache_dir / "text")
+            ids, lengths = encode_frozen(split.raw_text, cfg.backbone, cfg.max_len, cache_dir / "text", label=label)
         split.features["text"], split.lengths["text"] = ids, lengths
     # transcripts through a backbone: what `dynafuse predict` can redo on a new clip
     bundle.feature_spec["text"] = {"extractor": "backbone", "backbone": cfg.backbone or DEFAULT_BACKBONE,

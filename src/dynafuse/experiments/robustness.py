@@ -19,8 +19,9 @@ import torch
 from ..data.corrupt import add_noise, drop_modalities, drop_positions
 from ..errors import ConfigError
 from ..metrics import score_metrics
+from ..progress import progress
 from ..training import RunDir, load_run, predict_batches
-from ..training.run import loader, set_threads
+from ..training.run import loader
 
 LEVELS = [round(i / 10, 1) for i in range(10)]  # 0, 0.1, ..., 0.9
 SHOWN = {"regression": ["mae", "corr", "acc2_non0", "acc7"], "3class": ["acc3", "f1_3"]}
@@ -81,31 +82,32 @@ def robustness_run(run_dir: str | Path, split: str = "test", seed: int = 0, leve
     cfg, lit, bundle = load_run(run_dir)
     if split not in bundle.splits:
         raise ConfigError(f"the run's dataset has no {split!r} split", run_dir)
-    set_threads(cfg)
     started = time.time()
     model = lit.model
     mods = list(model.modalities)
-
-    def score(corrupt):
-        return _score(lit, bundle, cfg, split, corrupt)
-
-    clean = score(lambda b: b)
-    drop = {"+".join(sorted(s)): score(lambda b, s=s: drop_modalities(b, s))
-            for k in range(1, len(mods)) for s in combinations(mods, k)}
-
+    dropped = [s for k in range(1, len(mods)) for s in combinations(mods, k)]
     # Token ids (a fine-tuned backbone's text) have no feature scale to add noise to.
     std = {m: getattr(model, f"std_{m}").detach() for m in mods if hasattr(model, f"std_{m}")}
     noise_skipped = {m: "token ids" for m in mods if m not in std}
     noisy = {m: [m] for m in std} | ({"all": list(std)} if std else {})
-    noise = _curves(score, noisy, levels, clean, lambda b, ms, lv, g: add_noise(b, ms, lv, std, g),
-                    seed)
-
     # A modality with one position per sample (an utterance vector) cannot lose tokens without going missing.
     lengths = bundle.splits[split].lengths
     droppable = [m for m in mods if int(np.max(lengths[m], initial=0)) > 1]
     drop_skipped = {m: "one position per sample" for m in mods if m not in droppable}
-    tokens = _curves(score, {m: [m] for m in droppable} | ({"all": droppable} if droppable else {}), levels,
-                     clean, drop_positions, seed)
+    thinned = {m: [m] for m in droppable} | ({"all": droppable} if droppable else {})
+    n_curves = len({tuple(v) for v in noisy.values()}) + len({tuple(v) for v in thinned.values()})
+    passes = 1 + len(dropped) + n_curves * sum(level != 0 for level in levels)
+
+    with progress(f"robustness of {run_dir} on {split}", passes, "passes") as bar:
+        def score(corrupt):
+            result = _score(lit, bundle, cfg, split, corrupt)
+            bar.advance()
+            return result
+
+        clean = score(lambda b: b)
+        drop = {"+".join(sorted(s)): score(lambda b, s=s: drop_modalities(b, s)) for s in dropped}
+        noise = _curves(score, noisy, levels, clean, lambda b, ms, lv, g: add_noise(b, ms, lv, std, g), seed)
+        tokens = _curves(score, thinned, levels, clean, drop_positions, seed)
 
     rel = {f"{kind}/{name}": {k: relative_robustness(levels, v) for k, v in curve.items()}
            for kind, curves in (("noise", noise), ("token_drop", tokens)) for name, curve in curves.items()}

@@ -21,6 +21,8 @@ grid:
       robustness: true
       transfer: [mosei]
 ```
+Each cell's processes use one torch thread (the trainer's default), so `workers` cells never oversubscribe the
+cores; a cell with `train.threads=auto` (or DYNAFUSE_THREADS=auto) gets cpu_count // workers threads instead.
 A cell whose run folder has finished (`run.json`) is not trained again; one with checkpoints but no run.json resumes.
 An evaluation runs when its result (`robustness.json`, `transfer-T.json`) is missing and the run's selected
 checkpoint is on this machine; a finished run without its checkpoint (e.g. a fresh clone) is listed, not retrained.
@@ -43,7 +45,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..analysis.report import write_report
@@ -288,10 +290,26 @@ def _ray_results(jobs: list[tuple], workers: int, cpus_per_cell: float):
                 yield cell_of[done[0]], "ray task", -1, 0.0
 
 
+def share_threads(cells: list[Cell], threads: int) -> list[Cell]:
+    """Cells that ask for `train.threads=auto` (in their overrides, or by DYNAFUSE_THREADS=auto) get `threads`
+    instead: their processes run beside the other workers' and share the cores with them, which a child cannot see
+    when they all start at once. The others keep their setting (the default: 1 thread per process)."""
+    env_auto = os.environ.get("DYNAFUSE_THREADS", "").strip() == "auto"
+
+    def asks(c: Cell) -> bool:
+        given = [o for o in c.overrides if o.startswith("train.threads=")]
+        return (given[-1] == "train.threads=auto") if given else env_auto
+
+    return [replace(c, overrides=[*c.overrides, f"train.threads={threads}"]) if asks(c) else c for c in cells]
+
+
 def run_cells(cells: list[Cell], out: Path, data_dir: str | None, backend: str = "local", workers: int = 1,
               cpus_per_cell: float = 1, console=None) -> list[Cell]:
-    """Run the cells' remaining steps on a backend, printing each as it ends; return the failed ones, in order."""
+    """Run the cells' remaining steps on a backend, printing each as it ends; return the failed ones, in order.
+    A cell asking for train.threads=auto gets the cores over the workers (local) or its CPUs (ray)."""
     cwd = os.getcwd()
+    cells = share_threads(cells, max(1, int(cpus_per_cell)) if backend == "ray"
+                          else max(1, (os.cpu_count() or 1) // max(workers, 1)))
     if backend == "ray":  # Ray workers may start elsewhere: give them absolute paths and this folder as cwd
         out, data_dir = out.resolve(), data_dir and str(Path(data_dir).resolve())
         results = _ray_results([(c, out, data_dir, cwd) for c in cells], workers, cpus_per_cell)

@@ -18,6 +18,7 @@ from ..data import load_dataset
 from ..data.core import fill_missing
 from ..errors import ConfigError, DynafuseError
 from ..metrics import score_metrics
+from ..progress import track
 from ..training import RunDir, build_config, load_model, predict_batches, prepare_data
 from ..training.run import loader, set_threads
 
@@ -63,7 +64,7 @@ def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | N
     source = cfg.data.name
     tcfg = target_config(cfg, target, data_dir, limit, allow_pickle)
     set_threads(tcfg)
-    bundle = prepare_data(tcfg)
+    bundle = prepare_data(tcfg, splits=[SPLIT])
     if float(bundle.value_range) != float(info["value_range"]):
         raise ConfigError(f"label ranges differ: {source} is {_range(info['value_range'])} but {target} is "
                           f"{_range(bundle.value_range)}; zero-shot transfer needs the same scale", run_dir)
@@ -79,7 +80,9 @@ def transfer_run(run_dir: str | Path, target: str, data_dir=None, limit: int | N
         elif have[m] != dims[m]:
             raise ConfigError(f"modality {m!r} has dim {have[m]} in {target} but {dims[m]} in the checkpoint "
                               f"trained on {source}", run_dir / "run.json")
-    pred = predict_batches(lit.model, loader(bundle, SPLIT, tcfg, shuffle=False)).pred
+    batches = track(loader(bundle, SPLIT, tcfg, shuffle=False), f"transfer {run_dir}: {target} {SPLIT}",
+                    unit="batches")
+    pred = predict_batches(lit.model, batches).pred
     metrics = score_metrics(pred, split.y, lit.model.task, bundle.value_range)
     in_domain = run.metrics().get(SPLIT, {})
     notes = [f"zero-shot: trained on {source}, scored on {target} {SPLIT} without training"]

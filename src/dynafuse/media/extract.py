@@ -37,6 +37,7 @@ import numpy as np
 from ..data.tables import SPLITS, UNI_COLUMNS, label_range, read_label_csv
 from ..errors import ConfigError, DataError, DynafuseError
 from ..files import atomic_save_npy, atomic_write, atomic_write_csv, atomic_write_json
+from ..progress import progress as show_progress
 from .asr import check_asr
 from .pipeline import MEDIA_MODALITIES, ClipFeatures, FeaturePipeline
 
@@ -280,20 +281,6 @@ def _sigint_blocked():
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[last]}"), disable=not enabled)
-
-
 def _check_cache(out: Path, settings: dict) -> None:
     """Cached clips are reused only for the same feature spec and transcript source."""
     path = out / "clips" / "settings.json"
@@ -428,13 +415,12 @@ def extract_dataset(src: str | Path, out: str | Path, workers: int = 1, layout: 
     jobs = make_jobs(src, out, table, transcripts)
     todo = [j for j in jobs if not Path(j.cache).exists()]
     failures = []
-    with _progress(progress) as bar:
-        task = bar.add_task("extracting", total=len(jobs), completed=len(jobs) - len(todo), last="")
+    with show_progress("extracting", len(jobs), "clips", done=len(jobs) - len(todo), enabled=progress) as bar:
         for r in run_jobs(todo, pipeline.cfg, workers, pipeline):
             if r["reason"]:
                 failures.append(r)
                 _write_errors(out, failures)  # kept up to date: a long run can be watched
-            bar.update(task, advance=1, last=f"{r['video_id']}/{r['clip_id']}" + (" failed" if r["reason"] else ""))
+            bar.advance(1, f"{r['video_id']}/{r['clip_id']}" + (" failed" if r["reason"] else ""))
     _write_errors(out, failures)
     meta = {"name": src.name, "source": str(src), "value_range": vr, "transcripts": transcripts,
             "asr_model": pipeline.asr_model}

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import pickle
 import random
 import shutil
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -30,7 +32,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import compose, dump, load_run_config, stage_train, to_dict
+from ..config import compose, count_or_auto, dump, load_run_config, stage_train, to_dict
 from ..data import Bundle, SplitDataset, load_dataset
 from ..data.core import MODALITIES, fill_missing
 from ..data.text import attach_text, backbone_depth
@@ -38,11 +40,19 @@ from ..errors import ConfigError, DataError, DynafuseError
 from ..files import atomic_write, atomic_write_csv
 from ..metrics import METRIC_KEYS, ordinal_stats, score_metrics
 from ..models import create_model, model_config, model_entry
+from ..progress import Lines, on_terminal
 from .module import LitMSA
 from .predict import predict_batches
 from .rundir import CONFIG, INFO, METRICS, ORDINAL, PREDICTIONS, RunDir
 
 MONITORS = (*[k for k in METRIC_KEYS if k != "n"], "f1_3", "auto")
+
+# What a user can neither act on nor needs to read, dropped by its exact text: Lightning's advertisement, and
+# torch's deprecation of a call inside Lightning's own code.
+ADVERT = "💡 Tip: For seamless cloud logging"
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(lambda record: not record.getMessage().startswith(ADVERT))
 
 
 def build_config(model: str, dataset: str, overrides: list[str] | dict | None = None,
@@ -72,15 +82,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
 
 
-def set_threads(cfg: DictConfig) -> int:
-    """train.threads, else $DYNAFUSE_THREADS, else the cores shared by the run's processes (one per device).
+def choose_threads(setting=None, devices: int = 1) -> tuple[int, str]:
+    """The torch CPU threads of each of a run's processes, and why: `setting` (train.threads: N or "auto"), else
+    $DYNAFUSE_THREADS (N or auto), else 1.
 
-    On a busy machine DYNAFUSE_THREADS=1 avoids oversubscription. Returns the thread count set."""
+    One thread is the default: it never oversubscribes the cores when other jobs (the experiment runner's
+    --workers, another training, any torch process) share them, and it reproduces runs bit for bit (float
+    reductions, and with them the epoch early stopping picks, change with the thread count). `auto` takes the
+    cores free now: os.cpu_count() minus the 1-minute load average, at least 1, divided by the run's processes
+    (one per device). ConfigError for anything else."""
+    source = "train.threads"
+    if setting is None and os.environ.get("DYNAFUSE_THREADS"):
+        raw = os.environ["DYNAFUSE_THREADS"].strip()
+        setting, source = (int(raw) if raw.isdigit() else raw), "$DYNAFUSE_THREADS"
+    if setting is None:
+        return 1, "the default: 1 per process never oversubscribes shared cores and reproduces runs exactly; " \
+                  "train.threads=N or auto for more"
+    count_or_auto(setting, source, "threads")
+    if setting == "auto":
+        cores, load = os.cpu_count() or 1, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = max(1, int(cores - load)) // max(devices, 1)
+        return max(1, n), (f"{source}=auto: {cores} cores, 1-minute load average {load:.1f}"
+                           + (f", {devices} processes" if devices > 1 else ""))
+    return setting, f"{source}={setting}"
+
+
+def set_threads(cfg: DictConfig) -> tuple[int, str]:
+    """Set torch's CPU threads for this run (see `choose_threads`); returns the count and why."""
     t = cfg.train
-    devices = t.devices if isinstance(t.devices, int) else 1
-    threads = t.threads or os.environ.get("DYNAFUSE_THREADS") or (os.cpu_count() or 1) // max(devices, 1)
-    torch.set_num_threads(max(1, int(threads)))
-    return torch.get_num_threads()
+    n, why = choose_threads(t.threads, t.devices if isinstance(t.devices, int) else 1)
+    torch.set_num_threads(n)
+    return torch.get_num_threads(), why
 
 
 def text_cache_layers(cfg: DictConfig) -> int:
@@ -91,12 +123,15 @@ def text_cache_layers(cfg: DictConfig) -> int:
     return model_entry(cfg.model.name).cls.text_cache_layers(OmegaConf.to_object(cfg.model), backbone_depth(t.backbone))
 
 
-def prepare_data(cfg: DictConfig) -> Bundle:
+def prepare_data(cfg: DictConfig, splits: list[str] | None = None) -> Bundle:
     """The config's dataset with its text attached (frozen token states from the cache, token ids, or the cached
-    output of a fine-tuned backbone's frozen bottom layers)."""
+    output of a fine-tuned backbone's frozen bottom layers). `splits`: keep only these (zero-shot transfer needs
+    the target's test split alone, so MOSEI's 16k training transcripts are not encoded for it)."""
     d = cfg.data
     options = OmegaConf.to_container(d.options)
     bundle = load_dataset(d.name, d.data_dir, d.value_range, **options)
+    if splits:
+        bundle.splits = {k: s for k, s in bundle.splits.items() if k in splits}
     if d.limit:  # the first N rows of each split: quick smoke runs and tests on real data
         bundle.splits = {k: s.subset(np.arange(min(len(s), int(d.limit)))) for k, s in bundle.splits.items()}
     cache = Path(os.environ.get("DYNAFUSE_CACHE", d.cache_dir))
@@ -212,6 +247,50 @@ class FitClock(Callback):
         self.before = float(state.get("seconds", 0.0))
 
 
+class Bar(RichProgressBar):
+    """Lightning's rich bar (on stderr, beside the other progress), without `v_num`: our logger's version is the
+    stage name, which the bar cuts to `v_num: sion`."""
+
+    def __init__(self):
+        super().__init__(console_kwargs={"stderr": True})
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class EpochLines(Callback):
+    """Training progress when the output is not a terminal (nohup, CI, a log file, where a live bar shows
+    nothing until it ends): one line per epoch with the train loss, the valid score (and the best so far),
+    s/epoch and the time left at most (early stopping may end sooner), then one line when the stage ends."""
+
+    def __init__(self, label: str, monitor: str, mode: str):
+        self.label, self.monitor, self.mode = label, monitor, mode
+        self.lines, self.best = None, None
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            self.lines = Lines(self.label, trainer.max_epochs, "epochs", done=trainer.current_epoch, every=0,
+                               eta="ETA at most")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.lines is None:
+            return
+        m = trainer.callback_metrics
+        score = float(m["valid_score"]) if "valid_score" in m else None
+        if score is not None and (self.best is None or (score < self.best if self.mode == "min" else score > self.best)):
+            self.best = score
+        note = [f"train loss {float(m['train/loss']):.4f}"] if "train/loss" in m else []
+        if score is not None:
+            note.append(f"valid {self.monitor} {score:.4f} (best {self.best:.4f})")
+        self.lines.advance(1, ", ".join(note))
+
+    def on_train_end(self, trainer, pl_module):
+        if self.lines is not None:
+            self.lines.print(final=True)
+
+
 def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA,
              stage: str) -> tuple[L.Trainer, ModelCheckpoint, FitClock]:
     t = lit.train_cfg
@@ -220,13 +299,20 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA,
     clock = FitClock()
     callbacks = [ckpt, EarlyStopping("valid_score", patience=t.patience, mode=lit.monitor_mode()), clock,
                  RandomState()]
-    if t.progress:
-        callbacks.append(RichProgressBar())
+    bar = t.progress and on_terminal()
+    if bar:
+        callbacks.append(Bar())
+    elif t.progress:
+        label = f"{cfg.model.name} on {cfg.data.name}" + (f", stage {stage}" if len(lit.model.stages) > 1 else "")
+        callbacks.append(EpochLines(label, lit.monitor_key(), lit.monitor_mode()))
     trainer = L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         precision=t.precision, deterministic=True, gradient_clip_val=t.grad_clip or None, callbacks=callbacks,
         plugins=[AtomicCheckpointIO()], logger=CSVLogger(run.path, name="logs", version=stage),
-        enable_progress_bar=t.progress, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
+        enable_progress_bar=bar, enable_model_summary=False, num_sanity_val_steps=0,
+        # metrics are logged per epoch only (on_step=False): a step interval of 1 never writes a step row, and
+        # it keeps Lightning from warning that an epoch has fewer batches than the interval
+        log_every_n_steps=1,
     )
     return trainer, ckpt, clock
 
@@ -318,7 +404,8 @@ def _train(cfg: DictConfig, run: RunDir, resume: bool, force: bool) -> dict:
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
     t = cfg.train
     L.seed_everything(t.seed, workers=True, verbose=False)
-    set_threads(cfg)
+    threads, why = set_threads(cfg)
+    print(f"torch threads: {threads} ({why})", flush=True)
 
     bundle = prepare_data(cfg)
     context, stage_bundles = data_context(cfg, bundle)
@@ -377,7 +464,8 @@ def _train(cfg: DictConfig, run: RunDir, resume: bool, force: bool) -> dict:
     n_params = sum(p.numel() for p in lit.model.parameters())
     info.update(model=cfg.model.name, dataset=cfg.data.name, seed=t.seed,
                 params=n_params, trainable_params=sum(p.numel() for p in lit.model.parameters() if p.requires_grad),
-                train_seconds=time.time() - started + earlier, input_dims=bundle.input_dims(),
+                train_seconds=time.time() - started + earlier, threads=threads, threads_why=why,
+                input_dims=bundle.input_dims(),
                 value_range=bundle.value_range, monitor=lit.monitor_key(), notes=bundle.notes,
                 feature_spec=bundle.feature_spec, modalities=lit.model.modalities, model_context=context,
                 model_info=lit.model.run_info())
@@ -399,8 +487,10 @@ def load_model(run_dir: str | Path, allow_pickle: bool = False) -> tuple[DictCon
 
 
 def load_run(run_dir: str | Path, allow_pickle: bool = False) -> tuple[DictConfig, LitMSA, Bundle]:
-    """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint."""
+    """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint. Sets torch's
+    threads as the run's config says (`set_threads`) before any text is encoded."""
     cfg, info, lit = load_model(run_dir, allow_pickle)
+    set_threads(cfg)
     bundle = prepare_data(cfg)
     expected = info["input_dims"]
     if bundle.input_dims() != expected:

@@ -131,8 +131,9 @@ class RunDir:
         stages = info["stages"]
         best = self.resolve(stages[list(stages)[-1]]["best"])
         if not best.exists():
-            raise DynafuseError("its checkpoint is not here (checkpoints are not committed; train the run "
-                                f"again, or copy its checkpoints/ folder): {self.relative(best)} missing", self.path)
+            raise DynafuseError(f"its checkpoint {self.relative(best)} is not here (committed runs carry no "
+                                "checkpoints): use a run trained on this machine (e.g. runs/demo from `make demo`), "
+                                "or copy the run's checkpoints/ folder", self.path)
         return best
 
     def has_checkpoint(self) -> bool:
