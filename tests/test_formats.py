@@ -30,14 +30,14 @@ def dump(obj, path: Path) -> Path:
     return path
 
 
-def mmsa_split(rng, n, dims, widths, text_lengths, labels, sims=False, stored_lengths=None):
-    """One split of an MMSA feature pickle (keys, dtypes and shapes as MMSA writes them)."""
+def mmsa_split(rng, n, dims, widths, text_lengths, labels, sims=False, stored_lengths=None, video="vid"):
+    """One split of an MMSA feature pickle (keys, dtypes and shapes as MMSA writes them); ids `<video><i>$_$<i+1>`."""
     (dt, da, dv), (lt, la, lv) = dims, widths
     mask = (np.arange(lt)[None, :] < np.asarray(text_lengths)[:, None])
     text_bert = np.stack([rng.integers(100, 30000, (n, lt)) * mask, mask, np.zeros((n, lt))], axis=1)
     d = {
         "raw_text": np.array([f"clip {i} was great" for i in range(n)], dtype=object),
-        "id": np.array([f"vid{i}$_${i + 1}" for i in range(n)], dtype=object),
+        "id": np.array([f"{video}{i}$_${i + 1}" for i in range(n)], dtype=object),
         "text": (rng.standard_normal((n, lt, dt)) * mask[..., None]).astype(np.float32),
         "text_bert": text_bert.astype(np.int64 if sims else np.float32),
         "audio": rng.standard_normal((n, la, da)).astype(np.float32),

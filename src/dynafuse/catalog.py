@@ -16,7 +16,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 # what each FORMAT:PATH reader reads (the pickle readers run code when they load, hence the flag)
-FORMAT_HELP = {"path": "a folder written by `dynafuse extract` (features from raw clips)"}
+FORMAT_HELP = {"path": "a folder written by `dynafuse extract` (features from raw clips) or `dynafuse convert`"}
 
 
 def _literal(node: ast.AST, path: Path):

@@ -227,6 +227,15 @@ def cmd_extract(a):
     print_summary(summary)
 
 
+def cmd_convert(a):
+    from .data.convert import convert, convert_settings, print_summary
+
+    overrides = list(a.overrides) + ([f"data.data_dir={a.data_dir}"] if a.data_dir else [])
+    options, value_range, data_dir = convert_settings(a.src, overrides + (["data.options.allow_pickle=true"]
+                                                                          if a.allow_pickle else []))
+    print_summary(convert(a.src, a.out, data_dir, options, value_range))
+
+
 def whole(low: int):
     """An argparse type: a whole number >= `low` (a negative --limit or --workers is refused where it is parsed)."""
 
@@ -350,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
     xt.add_argument("--limit", type=int, help="first N rows of label.csv only (quick checks)")
     xt.add_argument("--value-range", type=float, help="labels lie in [-R, R] (default: 1 if all |label| <= 1, else 3)")
     xt.set_defaults(fn=cmd_extract)
+    cv = sub.add_parser("convert", help="any readable dataset -> the on-disk folder --dataset path:OUT reads "
+                                        "(read once; training then reads rows from disk)")
+    cv.add_argument("src", help="a registered dataset or FORMAT:PATH (mmsa:FILE.pkl, mult:FILE.pkl, misa:FOLDER)")
+    cv.add_argument("--out", required=True, help="the folder to write (a finished conversion of the same source "
+                                                 "is left as it is)")
+    cv.add_argument("--data-dir", help="folder of datasets (default $DYNAFUSE_DATA or ../shared/datasets)")
+    cv.add_argument("--allow-pickle", action="store_true", help="allow loading a pickle file (it can run code)")
+    cv.add_argument("overrides", nargs="*", help="data.options.KEY=VALUE reader options, data.value_range=R")
+    cv.set_defaults(fn=cmd_convert)
     pr = sub.add_parser("predict", help="score raw clips (video or audio) with a trained run")
     pr.add_argument("clips", nargs="+", help="video or audio files, or folders of them (one JSON line per clip)")
     pr.add_argument("--run", required=True, help="a finished run folder (with its local checkpoint)")

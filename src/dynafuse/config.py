@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -170,10 +172,13 @@ class TrainConfig:
     warmup_ratio: float = in_range(0.0, 0.0, 1.0, high_open=True)
     grad_clip: Optional[float] = at_least(1.0, 0.0)
     modality_dropout: float = in_range(0.0, 0.0, 1.0, doc="P: in training each sample drops each modality with P")
-    accelerator: str = "cpu"
-    devices: Any = 1  # an int, or "auto"
+    # auto: a GPU where there is one, else the CPU (Lightning's choice); devices auto: every GPU, or 1 CPU process
+    accelerator: str = one_of("auto", "auto", "cpu", "gpu", "cuda", "mps", "tpu")
+    devices: Any = "auto"  # an int, or "auto"
+    num_nodes: int = positive(1, "machines of a multi-node DDP run (README: Multi-node)")
     strategy: str = "auto"  # e.g. ddp for data parallel over several processes
-    precision: str = "32-true"
+    precision: str = one_of("32-true", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
+                            doc="bf16-mixed: bfloat16 autocast (GPUs with bf16, recent CPUs); 16-mixed: fp16 (GPU)")
     # torch CPU threads per process: N, or auto (the cores free now); null: $DYNAFUSE_THREADS, else 1 (see
     # training.run.choose_threads for why one)
     threads: Any = None
@@ -315,8 +320,22 @@ def merge_layer(base: DictConfig, layer: dict, source: object) -> DictConfig:
 
 
 def dataset_preset_name(dataset: str) -> str:
-    """`mmsa:/x/aligned_50.pkl` -> `mmsa`; a registered name stays itself."""
+    """`mmsa:/x/aligned_50.pkl` -> `mmsa`; a registered name stays itself; `path:DIR`, a folder `dynafuse convert`
+    wrote -> the preset of the dataset it was converted from (its meta.json `preset`), so it trains the same way."""
+    if dataset.startswith("path:"):
+        return converted_preset(dataset[len("path:"):]) or "path"
     return dataset.split(":", 1)[0] if ":" in dataset else dataset
+
+
+def converted_preset(folder: str) -> str | None:
+    """The `preset` a converted folder's meta.json names (None: none, or no readable meta.json; reading the data
+    reports that)."""
+    try:
+        meta = json.loads((Path(folder).expanduser() / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    preset = meta.get("preset") if isinstance(meta, dict) else None
+    return preset if isinstance(preset, str) and re.fullmatch(r"[\w-]+", preset) and preset != "path" else None
 
 
 def presets() -> list[str]:
@@ -330,7 +349,10 @@ def compose(model_config: ModelConfig, model: str, dataset: str, overrides: list
     named `preset` comes after the model preset, before --config)."""
     cfg = OmegaConf.structured(RunConfig(model=model_config))
     data_preset = dataset_preset_name(dataset)
-    cfg = merge_layer(cfg, read_yaml(PRESETS / "datasets" / f"{data_preset}.yaml"), f"dataset preset {data_preset}")
+    data_layer = read_yaml(PRESETS / "datasets" / f"{data_preset}.yaml")
+    if dataset.startswith("path:"):  # a converted folder: its reader options were applied when it was converted
+        (data_layer.get("data") or {}).pop("options", None)
+    cfg = merge_layer(cfg, data_layer, f"dataset preset {data_preset}")
     model_preset = read_yaml(PRESETS / "models" / f"{model}.yaml")
     per_dataset = model_preset.pop("datasets", None) or {}
     cfg = merge_layer(cfg, model_preset, f"model preset {model}")

@@ -6,6 +6,8 @@ Every reader, whatever the file format, produces a `Bundle`; every model consume
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -14,6 +16,104 @@ from ..errors import DataError, warn
 
 MODALITIES = ("text", "audio", "vision")  # the order every model and table uses
 UNIMODAL_KEYS = {"text": "y_text", "audio": "y_audio", "vision": "y_vision"}
+CHUNK_BYTES = 1 << 26  # what a pass over a whole array (checks, repairs) reads at a time: 64 MiB
+STATS_ROWS = 2048  # rows per block of `feature_stats` (its sums' order: changing it changes the last digits)
+
+
+@dataclass(frozen=True)
+class DiskArray:
+    """An `(N, ...)` array in a `.npy` file (C order), read by rows on demand: `a[rows]`, `a[rows, :t]` (the first
+    t steps of each row only) and `np.asarray(a)` return numpy arrays; `a[i:j]` is a view of rows i..j-1 (no read).
+    Read-only.
+
+    The file is the memory-mappable `.npy` layout, but rows are read with positional file reads into fresh arrays
+    instead of through a memory map: a map keeps every page a pass touches mapped into the process, so one check,
+    statistics pass or epoch over MOSEI (8 GB unaligned) would leave its whole size counted as the process's
+    resident memory. Here a process holds only the rows it asked for; the file's pages stay in the OS page cache,
+    shared and reclaimable."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int  # byte offset of this view's first row in the file
+
+    @classmethod
+    def open(cls, path: str | Path) -> "DiskArray":
+        """The whole array of a `.npy` file (numpy reads and checks its header). Raises DataError for a missing,
+        corrupt or truncated file, or one stored in Fortran order."""
+        try:
+            m = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"corrupt or truncated .npy ({e})", path) from None
+        if m.ndim > 1 and not m.flags.c_contiguous:
+            raise DataError("stored in Fortran order; save it in C order (np.save of a C-ordered array)", path)
+        return cls(str(path), tuple(m.shape), m.dtype, int(m.offset))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._read(np.arange(len(self)))
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key):
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(rows, slice) and rows.step in (None, 1) and not rest:
+            start, stop, _ = rows.indices(len(self))
+            return DiskArray(self.path, (max(stop - start, 0), *self.shape[1:]), self.dtype,
+                             self.offset + start * self.row_bytes)
+        index = np.arange(len(self))[rows]  # numpy's own rules (negatives, masks, bounds) on the row numbers
+        width = None  # a[rows, :t]: read only the first t steps of each row
+        if len(rest) == 1 and isinstance(rest[0], slice) and rest[0].start in (None, 0) and rest[0].step in (None, 1) \
+                and self.ndim > 1:
+            width, rest = min(self.shape[1] if rest[0].stop is None else max(rest[0].stop, 0), self.shape[1]), ()
+        out = self._read(np.atleast_1d(index), width)
+        out = out[0] if index.ndim == 0 else out
+        return out[rest if index.ndim == 0 else (slice(None), *rest)] if rest else out
+
+    def _read(self, index: np.ndarray, width: int | None = None) -> np.ndarray:
+        """Rows `index` (the first `width` steps of each) as a new array; consecutive rows in one read."""
+        full = width is None or width == self.shape[1]
+        inner = self.shape[1:] if full else (width, *self.shape[2:])
+        out = np.empty((len(index), *inner), dtype=self.dtype)
+        if not out.size:
+            return out
+        with open(self.path, "rb", buffering=0) as f:
+            if full:
+                cut = np.nonzero(np.diff(index) != 1)[0] + 1
+                for a, b in zip(np.r_[0, cut], np.r_[cut, len(index)]):
+                    self._read_into(f, self.offset + int(index[a]) * self.row_bytes, out[a:b])
+            else:
+                for i, r in enumerate(index):
+                    self._read_into(f, self.offset + int(r) * self.row_bytes, out[i])
+        return out
+
+    def _read_into(self, f, position: int, out: np.ndarray) -> None:
+        view = memoryview(out).cast("B")
+        f.seek(position)
+        while view:
+            got = f.readinto(view)
+            if not got:
+                raise DataError("truncated .npy: the file ends before its rows do", self.path)
+            view = view[got:]
+
+
+def row_chunks(a, max_bytes: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """`(start, rows)` blocks of an `(N, ...)` array of at most `max_bytes` each (default CHUNK_BYTES), at least one
+    row: a pass over a whole (possibly on-disk) array that holds one block at a time. Blocks of an in-memory
+    array are views (edits go through)."""
+    row = max(1, int(np.prod(a.shape[1:], dtype=np.int64)) * np.dtype(a.dtype).itemsize)
+    step = max(1, (max_bytes or CHUNK_BYTES) // row)
+    for s in range(0, len(a), step):
+        yield s, np.asarray(a[s:s + step])
 
 
 @dataclass
@@ -21,7 +121,8 @@ class Split:
     """One split. Sequences are stored padded, `(N, T, D)`, with their true lengths `(N,)`.
 
     A modality a sample lacks has length 0. Text may be stored as features (`features["text"]`)
-    or, for a fine-tuned backbone, as token ids (`features["text"]` int64 `(N, L)`).
+    or, for a fine-tuned backbone, as token ids (`features["text"]` int64 `(N, L)`). Features may stay on disk
+    (`DiskArray`): whatever passes over a whole array goes block by block (`row_chunks`, `feature_stats`).
     """
 
     ids: np.ndarray
@@ -30,12 +131,22 @@ class Split:
     lengths: dict[str, np.ndarray] = field(default_factory=dict)
     unimodal: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> (N,) labels
     raw_text: np.ndarray | None = None
+    # known before reading (a converted folder's, from when it was written): the feature values are finite (`check`
+    # skips the scan), and modality -> (mean, std) of `feature_stats`; `subset` keeps the first, drops the second
+    known_finite: bool = False
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, index: np.ndarray) -> "Split":
-        take = lambda d: {k: v[index] for k, v in d.items()}  # noqa: E731
+        """The rows `index` of every array; on-disk features (`DiskArray`) stay on disk for a contiguous run of
+        rows (e.g. data.limit's first N) and are read otherwise."""
+        index = np.asarray(index)
+        run = (index.ndim == 1 and len(index) and index[0] >= 0 and (np.diff(index) == 1).all()
+               and slice(int(index[0]), int(index[-1]) + 1))
+        take = lambda d: {k: v[run] if run and isinstance(v, DiskArray) else v[index]  # noqa: E731
+                          for k, v in d.items()}
         return Split(
             ids=self.ids[index],
             y=self.y[index],
@@ -43,6 +154,7 @@ class Split:
             lengths=take(self.lengths),
             unimodal=take(self.unimodal),
             raw_text=None if self.raw_text is None else self.raw_text[index],
+            known_finite=self.known_finite,
         )
 
     def check(self, source: object) -> None:
@@ -57,17 +169,19 @@ class Split:
             if len(a) != n:
                 raise DataError(f"inconsistent lengths: {n} ids but {len(a)} {name}", source)
         # unimodal labels may be NaN (unknown for that sample), never Inf
-        for name, a in [("labels", self.y), *[(f"{k} features", v) for k, v in self.features.items()],
-                        *[(f"{k} unimodal labels", v) for k, v in self.unimodal.items()]]:
+        features = [] if self.known_finite else [(f"{k} features", v) for k, v in self.features.items()]
+        for name, a in [("labels", self.y), *features, *[(f"{k} unimodal labels", v) for k, v in self.unimodal.items()]]:
             if np.issubdtype(a.dtype, np.floating):
-                a = np.asarray(a, dtype=np.float32)
-                bad = np.isinf(a) if "unimodal" in name else ~np.isfinite(a)
-                if bad.any():
-                    rows = np.unique(np.nonzero(bad)[0])
-                    n_nan = int(np.isnan(a[bad]).sum())
-                    raise DataError(f"{int(bad.sum())} NaN/Inf values in {name} ({n_nan} NaN, "
-                                    f"{int(bad.sum()) - n_nan} Inf; first ids: "
-                                    f"{', '.join(map(str, self.ids[rows[:3]]))})", source)
+                n_bad, n_nan, rows = 0, 0, []
+                for start, x in row_chunks(a):  # features may be on disk: one block at a time
+                    x = np.asarray(x, dtype=np.float32)
+                    bad = np.isinf(x) if "unimodal" in name else ~np.isfinite(x)
+                    if bad.any():
+                        n_bad, n_nan = n_bad + int(bad.sum()), n_nan + int(np.isnan(x[bad]).sum())
+                        rows += [start + r for r in np.unique(np.nonzero(bad)[0])[:3 - len(rows)]]
+                if n_bad:
+                    raise DataError(f"{n_bad} NaN/Inf values in {name} ({n_nan} NaN, {n_bad - n_nan} Inf; first "
+                                    f"ids: {', '.join(map(str, self.ids[rows]))})", source)
         for k, v in self.lengths.items():
             width = self.features[k].shape[1] if k in self.features and self.features[k].ndim >= 2 else None
             if (v < 0).any() or (width is not None and (v > width).any()):
@@ -83,15 +197,22 @@ def fill_missing(split: Split, modality: str, dim: int) -> None:
     split.lengths[modality] = np.zeros(len(split), dtype=np.int64)
 
 
-def feature_stats(split: Split, m: str, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std over the valid steps of modality m (chunked: features may be memory-mapped)."""
-    feats, lengths = split.features[m], split.lengths[m]
+def feature_stats(split: Split, m: str, chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std `(D,)` float32 over the valid steps of modality m, summed in float64 (chunks of
+    `chunk` rows, default STATS_ROWS: features may be on disk; the chunking fixes the order of the sums, so keep it
+    for the same numbers). A split that knows its statistics (`Split.stats`) returns them."""
+    if m in split.stats:  # computed this same way when the data was written (a converted folder)
+        return split.stats[m]
+    feats, lengths, chunk = split.features[m], split.lengths[m], chunk or STATS_ROWS
     total, sq, n = 0.0, 0.0, 0
     for s in range(0, len(feats), chunk):
-        x = np.asarray(feats[s:s + chunk], dtype=np.float64)
+        x = np.asarray(feats[s:s + chunk])
         valid = np.arange(x.shape[1])[None, :] < lengths[s:s + chunk, None]
         v = x[valid]
-        total, sq, n = total + v.sum(0), sq + (v ** 2).sum(0), n + len(v)
+        del x  # the chunk's valid steps only, then in float64: the same values, half the memory
+        v = v.astype(np.float64)
+        total, n = total + v.sum(0), n + len(v)
+        sq = sq + np.square(v, out=v).sum(0)
     mean = total / max(n, 1)
     std = np.sqrt(np.maximum(sq / max(n, 1) - mean ** 2, 0.0))
     return mean.astype(np.float32), np.where(std < 1e-6, 1.0, std).astype(np.float32)

@@ -63,8 +63,11 @@ def modality_dropout(batch: Batch, p: float, modalities, generator: torch.Genera
     """Training augmentation: each sample drops each modality it has with probability p, but keeps at least
     one of them (a random one). Uses torch's global RNG unless given a generator (Lightning seeds it)."""
     present = torch.stack([batch.present(m) for m in modalities], 1)  # (B, M)
-    drop = (torch.rand(present.shape, generator=generator) < p) & present
+    # drawn where the generator lives (the CPU's global one by default: the same draws as ever), then moved to the
+    # batch's device (a GPU in training)
+    rand = lambda: torch.rand(present.shape, generator=generator).to(present.device)  # noqa: E731
+    drop = (rand() < p) & present
     none_left = present.any(1) & ~(present & ~drop).any(1)
-    pick = torch.where(present, torch.rand(present.shape, generator=generator), -1.0).argmax(1)
+    pick = torch.where(present, rand(), -1.0).argmax(1)
     drop[none_left, pick[none_left]] = False
     return set_missing(batch, {m: drop[:, i] for i, m in enumerate(modalities)})

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import pickle
 from collections import Counter
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..errors import ConfigError, DataError, warn
-from .core import MODALITIES, Bundle, Split, pad_sequences
+from .core import MODALITIES, Bundle, DiskArray, Split, pad_sequences, row_chunks
 from .tables import SPLITS, UNI_COLUMNS, existing, infer_range, read_label_csv, to_float32
 
 # ---- shared helpers ----------------------------------------------------------------------------
@@ -25,17 +28,35 @@ def _opted_in(allow_pickle: bool, path: str | Path) -> None:
                           "files you trust. Opt in with data.options.allow_pickle=true (CLI: --allow-pickle)", path)
 
 
+# Set by a caller that shows progress (`dynafuse convert`): wrap(file, path) -> the file to read the pickle through.
+_WATCH_READS: ContextVar[Callable | None] = ContextVar("watch_reads", default=None)
+
+
+@contextmanager
+def watch_reads(wrap: Callable):
+    """Within this block, pickles are read through `wrap(file, path)` (e.g. rich's `Progress.wrap_file`)."""
+    token = _WATCH_READS.set(wrap)
+    try:
+        yield
+    finally:
+        _WATCH_READS.reset(token)
+
+
+def _unpickle(p: Path, **kw) -> object:
+    wrap = _WATCH_READS.get()
+    with open(p, "rb") as f:
+        return pickle.load(wrap(f, p) if wrap else f, **kw)
+
+
 def _load_pickle(path: str | Path, allow_pickle: bool) -> object:
     """Unpickle a user's file, only when they opted in; missing, truncated or corrupt -> DataError."""
     _opted_in(allow_pickle, path)
     p = existing(path)
     try:
         try:
-            with open(p, "rb") as f:
-                return pickle.load(f)
+            return _unpickle(p)
         except UnicodeDecodeError:  # python2-era numpy pickles (MulT) store array bytes as py2 str
-            with open(p, "rb") as f:
-                return pickle.load(f, encoding="latin1")
+            return _unpickle(p, encoding="latin1")
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError,
             AttributeError, ImportError, OSError, OverflowError) as e:
         raise DataError(f"corrupt or truncated pickle ({type(e).__name__}: {e})", p) from None
@@ -117,11 +138,12 @@ def _finish(name: str, split: Split, path: Path, fix_nonfinite: bool) -> list[st
     notes = []
     if fix_nonfinite:
         fixed = {}
-        for m, a in split.features.items():
-            bad = ~np.isfinite(a)
-            if bad.any():
-                a[bad] = 0
-                fixed[m] = int(bad.sum())
+        for m, a in split.features.items():  # in memory (read_path loads what it must repair): fixed in place
+            for _, x in row_chunks(a):
+                bad = ~np.isfinite(x)
+                if bad.any():
+                    x[bad] = 0
+                    fixed[m] = fixed.get(m, 0) + int(bad.sum())
         if fixed:
             notes.append(f"{name}: replaced {sum(fixed.values())} NaN/Inf values with 0 (data.options.fix_nonfinite; "
                          + ", ".join(f"{m} features {n}" for m, n in fixed.items()) + ")")
@@ -271,7 +293,7 @@ def read_misa(path: str | Path, allow_pickle: bool = False, split: str | None = 
     return _bundle(p.stem, splits, p, value_range, fix_nonfinite, sources=files)
 
 
-# ---- a folder written by `dynafuse extract` (meta.json, label.csv, audio/vision .npy) -----------
+# ---- a folder written by `dynafuse extract` or `dynafuse convert` (meta.json, label.csv, .npy arrays) -------
 
 FEATURES_FORMAT = "dynafuse-features"
 
@@ -282,22 +304,31 @@ def _features_meta(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"not a readable meta.json ({e})", path) from None
     if not isinstance(meta, dict) or meta.get("format") != FEATURES_FORMAT:
-        raise DataError(f"not a `dynafuse extract` output (format must be {FEATURES_FORMAT!r})", path)
+        raise DataError(f"not a `dynafuse extract` or `dynafuse convert` output (format must be "
+                        f"{FEATURES_FORMAT!r})", path)
     if not isinstance(meta.get("feature_spec"), dict):
         raise DataError("meta.json has no feature_spec", path)
+    arrays = meta.get("arrays", {})
+    if not (isinstance(arrays, dict) and all(m in MODALITIES and isinstance(a, dict) and isinstance(a.get("dim"), int)
+                                             for m, a in arrays.items())):
+        raise DataError(f"meta.json's arrays must map modalities ({', '.join(MODALITIES)}) to {{\"dim\": D}}, "
+                        f"not {arrays!r}", path)
     return meta
 
 
-def _npy(path: Path, mmap: bool = False) -> np.ndarray:
+def _npy(path: Path, on_disk: bool = False) -> np.ndarray | DiskArray:
+    """The array of a .npy file: read into memory, or `on_disk` (a `DiskArray`: rows read when asked for)."""
+    if on_disk:
+        return DiskArray.open(existing(path))
     try:
-        return np.load(existing(path), mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(existing(path), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"corrupt or truncated .npy ({e})", path) from None
 
 
-def _features_npy(path: Path, n: int, dim: int, mmap: bool) -> np.ndarray:
-    """An (N, T, D) float32 array (memory-mapped unless it must be edited in place)."""
-    a = _npy(path, mmap)
+def _features_npy(path: Path, n: int, dim: int, on_disk: bool) -> np.ndarray | DiskArray:
+    """An (N, T, D) float32 array (left on disk unless it must be edited in place)."""
+    a = _npy(path, on_disk)
     if a.ndim != 3 or len(a) != n or a.shape[2] != dim or a.dtype != np.float32:
         raise DataError(f"expected float32 ({n}, T, {dim}) for the {n} rows of label.csv, "
                         f"got {a.dtype} {a.shape}", path)
@@ -312,34 +343,66 @@ def _features_lengths(path: Path, n: int) -> np.ndarray:
 
 
 def _rows(modes: np.ndarray, split: str) -> slice | np.ndarray:
-    """The rows of a split; a contiguous block (as extract writes them) as a slice, so memmaps stay mapped."""
+    """The rows of a split; a contiguous block (as extract and convert write them) as a slice, so on-disk arrays
+    stay on disk."""
     rows = np.nonzero(modes == split)[0]
     if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
         return slice(int(rows[0]), int(rows[-1]) + 1)
     return rows
 
 
+def _known_stats(meta: dict, feats: dict, path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """meta.json's `train_stats` (convert writes the train split's `feature_stats`): modality -> (mean, std)."""
+    out = {}
+    for m, st in (meta.get("train_stats") or {}).items():
+        try:
+            mean, std = (np.asarray(st[k], dtype=np.float32) for k in ("mean", "std"))
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"meta.json's train_stats.{m} must hold mean and std lists", path) from None
+        if m not in feats or {mean.shape, std.shape} != {(feats[m].shape[-1],)}:
+            raise DataError(f"meta.json's train_stats.{m} does not fit the stored {m} features", path)
+        out[m] = (mean, std)
+    return out
+
+
+def stored_arrays(meta: dict) -> dict[str, int]:
+    """The modalities a folder stores as `<m>.npy` + `<m>_lengths.npy`, with their feature dims: meta.json's
+    `arrays` (`dynafuse convert`, which may store text features too), else the audio/vision its feature_spec
+    describes (`dynafuse extract`, and every folder written before `arrays` existed)."""
+    if "arrays" in meta:
+        return {m: int(a["dim"]) for m, a in meta["arrays"].items()}
+    spec = meta["feature_spec"]
+    return {m: int(spec[m]["dim"]) for m in ("audio", "vision") if spec.get(m)}
+
+
 def read_path(path: str | Path, value_range: float | None = None, fix_nonfinite: bool = False) -> Bundle:
-    """A folder made by `dynafuse extract`: transcripts (encoded at train time), memory-mapped audio/vision.
+    """A folder made by `dynafuse extract` or `dynafuse convert`: label.csv (transcripts, encoded at train time
+    unless the folder stores text features), and the `stored_arrays` left on disk (`DiskArray`: a run reads the
+    rows it uses, never the whole files; with fix_nonfinite they are read into memory to be repaired).
 
     The feature spec comes from meta.json, with the text backbone/max_len it was made with: for the aligned
-    layout, training must tokenize the same way (data/text.py `attach_text` checks)."""
+    layout, training must tokenize the same way (data/text.py `attach_text` checks). label.csv's `id` column, when
+    there is one, gives the ids (convert keeps a source's own ids); meta.json `raw_text: false` says the source
+    had no transcripts (MulT)."""
     root = existing(path, "folder")
     meta = _features_meta(root / "meta.json")
-    table = read_label_csv(root / "label.csv", allow_empty_text=True)
+    table = read_label_csv(root / "label.csv", allow_empty_text=True, id_column="id")
     n, spec = len(table["ids"]), dict(meta["feature_spec"])
     feats, lengths = {}, {}
-    for m in ("audio", "vision"):
-        if spec.get(m):
-            feats[m] = _features_npy(root / f"{m}.npy", n, int(spec[m]["dim"]), mmap=not fix_nonfinite)
-            lengths[m] = _features_lengths(root / f"{m}_lengths.npy", n)
+    for m, dim in stored_arrays(meta).items():
+        feats[m] = _features_npy(root / f"{m}.npy", n, dim, on_disk=not fix_nonfinite)
+        lengths[m] = _features_lengths(root / f"{m}_lengths.npy", n)
+    transcripts = meta.get("raw_text", True)
     splits = {}
     for s in SPLITS:
         rows = _rows(table["mode"], s)
-        splits[s] = Split(ids=table["ids"][rows], y=table["label"][rows], raw_text=table["text"][rows],
+        splits[s] = Split(ids=table["ids"][rows], y=table["label"][rows],
+                          raw_text=table["text"][rows] if transcripts else None,
                           features={m: a[rows] for m, a in feats.items()},
                           lengths={m: a[rows] for m, a in lengths.items()},
-                          unimodal={m: table[c][rows] for m, c in UNI_COLUMNS.items() if c in table})
+                          unimodal={m: table[c][rows] for m, c in UNI_COLUMNS.items() if c in table},
+                          known_finite=meta.get("checked") is True)
+    splits["train"].stats = _known_stats(meta, feats, root / "meta.json")
     bundle = _bundle(meta.get("name") or root.name, splits, root,
                      meta.get("value_range") if value_range is None else value_range, fix_nonfinite,
                      notes=list(meta.get("notes") or []))

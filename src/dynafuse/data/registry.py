@@ -12,17 +12,21 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .core import Bundle, Split
-from .formats import READERS
+from .formats import MISA_FILES, READERS
 from .tables import SPLITS, UNI_COLUMNS, read_label_csv, read_npz, read_score_table, to_float32
 
 DATASETS: dict[str, Callable[..., Bundle]] = {}
 DESCRIPTIONS: dict[str, str] = {}
+SOURCE_FILES: dict[str, tuple[str, ...]] = {}  # the files a registered dataset is read from, under the data dir
 
 
-def register_dataset(name: str, description: str):
+def register_dataset(name: str, description: str, files: tuple[str, ...] = ()):
+    """Register a dataset builder `fn(data_dir, **options) -> Bundle`; `files`: what it reads, relative to the
+    data dir (`dynafuse convert` records their checksums)."""
     def deco(fn):
         DATASETS[name] = fn
         DESCRIPTIONS[name] = description
+        SOURCE_FILES[name] = tuple(files)
         return fn
 
     return deco
@@ -56,6 +60,18 @@ def reader_options(name: str) -> list[str]:
     """The options (data.options.*) the reader of `name` takes, from its signature."""
     params = list(inspect.signature(reader_of(name)).parameters.values())[1:]  # the first is the path / data dir
     return [p.name for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def source_files(name: str, data_dir: str | Path | None = None) -> list[Path]:
+    """The files dataset `name` is read from: a FORMAT:PATH's file (a MISA folder: its three files), or what a
+    registered dataset declares under the data dir. ConfigError for an unknown name."""
+    reader_of(name)
+    if ":" not in name:
+        return [resolve_data_dir(data_dir) / f for f in SOURCE_FILES[name]]
+    path = Path(name.split(":", 1)[1]).expanduser()
+    if name.startswith("misa:") and path.is_dir():
+        return [path / f for f in MISA_FILES.values()]
+    return [path]
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, value_range: float | None = None,
@@ -119,11 +135,14 @@ def _text_only(folder: str, value_range: float, default_text_column: str = "text
     return build
 
 
-register_dataset("mosei", "CMU-MOSEI, text only (transcripts), [-3, 3], official split 16274/1861/4653")(
+register_dataset("mosei", "CMU-MOSEI, text only (transcripts), [-3, 3], official split 16274/1861/4653",
+                 ("mosei/label.csv",))(
     _text_only("mosei", 3.0))
-register_dataset("sims", "CH-SIMS, text only (text_en by default), [-1, 1], official split 1368/456/457")(
+register_dataset("sims", "CH-SIMS, text only (text_en by default), [-1, 1], official split 1368/456/457",
+                 ("sims/label.csv",))(
     _text_only("sims", 1.0, "text_en"))
-register_dataset("simsv2", "CH-SIMSv2 (s), text only (text_en by default) + unimodal labels T/A/V, [-1, 1]")(
+register_dataset("simsv2", "CH-SIMSv2 (s), text only (text_en by default) + unimodal labels T/A/V, [-1, 1]",
+                 ("simsv2/label.csv",))(
     _text_only("simsv2", 1.0, "text_en"))
 
 LEAKY = {"text_cnn": "text", "vision": "video"}
@@ -147,7 +166,8 @@ def _vector(split_rows: np.ndarray, vec: np.ndarray, path: Path, what: str,
 
 
 @register_dataset("mosi", "CMU-MOSI official split 1284/229/686: text (transcripts) + audio (openSMILE utterance "
-                          "vectors); the leaky text/video vectors are refused")
+                          "vectors); the leaky text/video vectors are refused",
+                  ("mosi/label.csv", "mosi/utterance_features.npz"))
 def mosi(data_dir: Path, modalities=("text", "audio")) -> Bundle:
     for m in modalities:
         if m in LEAKY or m not in ("text", "audio"):
@@ -178,7 +198,8 @@ def _carve_valid(video_ids: np.ndarray, share: float = 0.15) -> np.ndarray:
 
 
 @register_dataset("mosi-bclstm", "CMU-MOSI speaker-independent split (1447 train / 752 test): text, audio (openSMILE) "
-                                 "and vision (3D-CNN) vectors; valid carved from train by video id")
+                                 "and vision (3D-CNN) vectors; valid carved from train by video id",
+                  ("mosi/utterance_features.npz",))
 def mosi_bclstm(data_dir: Path, text_source: str = "transcript", valid_share: float = 0.15) -> Bundle:
     path, z = _utterance_features(data_dir)
     video_ids = np.array([i.rsplit("_", 1)[0] for i in z["ids"]])
@@ -207,7 +228,8 @@ SCORE_COLUMNS = {"text": "pred_t", "audio": "pred_a", "vision": "pred_v"}
 @register_dataset("simsv2-scores", "CH-SIMSv2 (s) with real audio and video signal: audio = pred_a, vision = pred_v "
                                    "(released unimodal models' scores, 1 value per clip; no face: missing), text = "
                                    "transcripts (text_en) or pred_t; label_T/A/V kept; [-1, 1]. Train-split scores "
-                                   "are in-sample: select on valid")
+                                   "are in-sample: select on valid",
+                  ("simsv2/label.csv", "simsv2/unimodal_scores.csv"))
 def simsv2_scores(data_dir: Path, text_column: str = "text_en", text_source: str = "transcript") -> Bundle:
     """CH-SIMSv2 with `simsv2/unimodal_scores.csv`: the scores of three released unimodal models (a video
     transformer trained on label_V, an audio and a text model) as one-step audio / vision features (N, 1, 1). An

@@ -173,17 +173,19 @@ def label_range(labels, given: float | None, path: Path, setting: str) -> float:
     return value_range
 
 
-def read_label_csv(path: str | Path, text_column: str = "text",
-                   allow_empty_text: bool = False) -> dict[str, np.ndarray]:
-    """Read an MMSA `label.csv` (through `read_csv`) into column arrays; ids are `<video_id>_<clip_id>`.
+def read_label_csv(path: str | Path, text_column: str = "text", allow_empty_text: bool = False,
+                   id_column: str | None = None) -> dict[str, np.ndarray]:
+    """Read an MMSA `label.csv` (through `read_csv`) into column arrays; ids are `<video_id>_<clip_id>`, or the
+    cells of `id_column` when the file has that column (`dynafuse convert` keeps a source's exact ids there).
 
     `allow_empty_text`: a blank transcript is kept as "" (extracted clips where ASR heard no words). A blank
     unimodal label (label_T/A/V) is unknown (NaN); every error names the file and the line."""
     p = existing(path)
     t = read_csv(p, (*LABEL_COLUMNS, text_column))
     rows = t.rows
+    own_ids = id_column is not None and id_column in t.columns
     out: dict[str, np.ndarray] = {
-        "ids": np.array([f"{r['video_id']}_{r['clip_id']}" for r in rows]),
+        "ids": np.array([r[id_column] if own_ids else f"{r['video_id']}_{r['clip_id']}" for r in rows]),
         "video_id": np.array([r["video_id"] for r in rows]),
         "text": np.array([r[text_column].strip() for r in rows]),
         "mode": np.array([r["mode"].strip() for r in rows]),
@@ -196,7 +198,10 @@ def read_label_csv(path: str | Path, text_column: str = "text",
     if len(bad):
         raise DataError(f"line {t.lines[bad[0]]}: column 'mode' must be train, valid or test, not "
                         f"{str(out['mode'][bad[0]])!r} ({len(bad)} such rows)", p)
-    _no_duplicate_ids(out["ids"], t.lines, p)
+    if own_ids:  # a source's own ids (convert) may recur in another split, as its reader allows
+        _no_duplicate_ids(np.char.add(np.char.add(out["mode"], ": "), out["ids"]), t.lines, p, "id")
+    else:
+        _no_duplicate_ids(out["ids"], t.lines, p)
     empty = np.nonzero(out["text"] == "")[0]
     if len(empty) and not allow_empty_text:
         raise DataError(f"line {t.lines[empty[0]]}: empty transcript in column {text_column!r} "
@@ -204,11 +209,11 @@ def read_label_csv(path: str | Path, text_column: str = "text",
     return out
 
 
-def _no_duplicate_ids(ids: np.ndarray, lines: list[int], p: Path) -> None:
+def _no_duplicate_ids(ids: np.ndarray, lines: list[int], p: Path, what: str = "(video_id, clip_id)") -> None:
     first: dict[str, int] = {}
     for i, line in zip(map(str, ids), lines):
         if i in first:
-            raise DataError(f"line {line}: duplicate (video_id, clip_id) {i!r}, first on line {first[i]}", p)
+            raise DataError(f"line {line}: duplicate {what} {i!r}, first on line {first[i]}", p)
         first[i] = line
 
 

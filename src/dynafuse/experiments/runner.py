@@ -7,6 +7,7 @@ overrides: [train.progress=false]   # applied to every cell
 workers: 1                     # cells at once (local: processes; ray: CPUs of the private local Ray instance)
 backend: local                 # or ray (same as --backend)
 cpus_per_cell: 1               # ray backend: CPUs each cell reserves
+gpus_per_cell: 0               # ray backend: GPUs each cell reserves (Ray hides GPUs from a cell that reserves none)
 report: reports/foundation     # summary written to REPORT.md / REPORT.json
 grid:
   - models: [early_fusion, daf]
@@ -58,7 +59,8 @@ from ..training import RunDir, build_config
 BACKENDS = ("local", "ray")
 EVALUATIONS = ("robustness", "transfer")
 TASKS = ("regression", "3class")
-EXPERIMENT_KEYS = ("out", "seeds", "overrides", "workers", "backend", "cpus_per_cell", "report", "grid")
+EXPERIMENT_KEYS = ("out", "seeds", "overrides", "workers", "backend", "cpus_per_cell", "gpus_per_cell", "report",
+                   "grid")
 BLOCK_KEYS = ("models", "datasets", "seeds", "task", "preset", "overrides", "variants", "evaluate")
 
 
@@ -170,6 +172,9 @@ def load_experiment(path: str | Path) -> dict:
                                           or (kind is not str and spec[key] <= 0)):
             raise ConfigError(f"{key} must be a {'path' if kind is str else 'positive number'}, not {spec[key]!r}",
                               p)
+    gpus = spec.get("gpus_per_cell", 0)
+    if not isinstance(gpus, (int, float)) or isinstance(gpus, bool) or gpus < 0:
+        raise ConfigError(f"gpus_per_cell must be a number >= 0, not {gpus!r}", p)
     check_cells(spec, p)
     return spec
 
@@ -276,9 +281,9 @@ def _local_results(jobs: list[tuple], workers: int):
             yield done.result()
 
 
-def _ray_results(jobs: list[tuple], workers: int, cpus_per_cell: float):
+def _ray_results(jobs: list[tuple], workers: int, cpus_per_cell: float, gpus_per_cell: float = 0):
     with ray_session(workers) as ray:
-        task = ray.remote(run_cell).options(num_cpus=cpus_per_cell)
+        task = ray.remote(run_cell).options(num_cpus=cpus_per_cell, num_gpus=gpus_per_cell)
         cell_of = {task.remote(*job): job[0] for job in jobs}
         pending = list(cell_of)
         while pending:
@@ -304,7 +309,7 @@ def share_threads(cells: list[Cell], threads: int) -> list[Cell]:
 
 
 def run_cells(cells: list[Cell], out: Path, data_dir: str | None, backend: str = "local", workers: int = 1,
-              cpus_per_cell: float = 1, console=None) -> list[Cell]:
+              cpus_per_cell: float = 1, console=None, gpus_per_cell: float = 0) -> list[Cell]:
     """Run the cells' remaining steps on a backend, printing each as it ends; return the failed ones, in order.
     A cell asking for train.threads=auto gets the cores over the workers (local) or its CPUs (ray)."""
     cwd = os.getcwd()
@@ -312,7 +317,7 @@ def run_cells(cells: list[Cell], out: Path, data_dir: str | None, backend: str =
                           else max(1, (os.cpu_count() or 1) // max(workers, 1)))
     if backend == "ray":  # Ray workers may start elsewhere: give them absolute paths and this folder as cwd
         out, data_dir = out.resolve(), data_dir and str(Path(data_dir).resolve())
-        results = _ray_results([(c, out, data_dir, cwd) for c in cells], workers, cpus_per_cell)
+        results = _ray_results([(c, out, data_dir, cwd) for c in cells], workers, cpus_per_cell, gpus_per_cell)
     else:
         results = _local_results([(c, out, data_dir, cwd) for c in cells], workers)
     failed = set()
@@ -351,7 +356,7 @@ def run_experiment(path: str | Path, data_dir: str | None = None, workers: int |
                           f"{' '.join(c.overrides)}", markup=False)
         return []
     failed = run_cells(todo, out, data_dir, backend, workers or spec.get("workers", 1),
-                       spec.get("cpus_per_cell", 1), console) if todo else []
+                       spec.get("cpus_per_cell", 1), console, spec.get("gpus_per_cell", 0)) if todo else []
     finished = [c.run_dir(out) for c in cells if RunDir(c.run_dir(out)).finished]
     if spec.get("report") and finished:  # only this experiment's cells, even when several experiments share `out`
         write_report(finished, spec["report"], data_dir=data_dir)

@@ -11,6 +11,7 @@ overrides: [train.progress=false]   # applied to every trial
 task: regression               # optional, as in `dynafuse train --task`
 backend: optuna                # or ray (Ray Tune + OptunaSearch); same as --backend
 workers: 1                     # trials at once
+gpus_per_trial: 0              # ray backend: GPUs each trial reserves (Ray hides GPUs from a trial that reserves none)
 space:
   train.lr: {loguniform: [1e-4, 3e-3]}
   model.dropout: {uniform: [0.0, 0.3]}
@@ -57,7 +58,7 @@ KINDS = ("loguniform", "uniform", "int", "choice")
 SEARCH_BACKENDS = ("optuna", "ray")
 METRICS = tuple(dict.fromkeys(k for k in (*METRIC_KEYS, "f1_3", *MMSA_KEYS[3.0], *MMSA_KEYS[1.0]) if k != "n"))
 SEARCH_KEYS = ("model", "dataset", "out", "trials", "seed", "metric", "overrides", "task", "backend", "workers",
-               "space")
+               "gpus_per_trial", "space")
 
 
 class TrialFailed(DynafuseError):
@@ -86,7 +87,11 @@ def load_search(path: str | Path) -> dict:
     if not isinstance(spec["space"], dict):
         raise ConfigError("'space' maps config keys to ranges, e.g. train.lr: {loguniform: [1e-4, 3e-3]}", p)
     spec = {"out": f"runs/tune/{spec['model']}-{safe_name(str(spec['dataset']))}", "trials": 20, "seed": 0,
-            "overrides": [], "task": "regression", "backend": "optuna", "workers": 1, **spec, "file": str(p)}
+            "overrides": [], "task": "regression", "backend": "optuna", "workers": 1, "gpus_per_trial": 0, **spec,
+            "file": str(p)}
+    gpus = spec["gpus_per_trial"]
+    if not isinstance(gpus, (int, float)) or isinstance(gpus, bool) or gpus < 0:
+        raise ConfigError(f"gpus_per_trial must be a number >= 0, not {gpus!r}", p)
     for key in ("trials", "workers", "seed"):
         if not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < (key != "seed"):
             raise ConfigError(f"{key} must be a {'non-negative' if key == 'seed' else 'positive'} whole number, "
@@ -258,7 +263,8 @@ def _tune_trial(config: dict, spec: dict, data_dir: str | None, cwd: str) -> dic
 
 
 def _ray_search(spec, study, storage, space, n, data_dir) -> None:
-    """Ray Tune trials (1 CPU each, `workers` at once) proposed by an OptunaSearch on the same stored study."""
+    """Ray Tune trials (1 CPU and `gpus_per_trial` GPUs each, `workers` at once) proposed by an OptunaSearch on the
+    same stored study."""
     with ray_session(spec["workers"]):
         from ray import tune
         from ray.tune.search.optuna import OptunaSearch
@@ -269,7 +275,8 @@ def _ray_search(spec, study, storage, space, n, data_dir) -> None:
         spec = {**spec, "out": str(Path(spec["out"]).resolve())}
         data_dir = data_dir and str(Path(data_dir).resolve())
         trainable = tune.with_resources(tune.with_parameters(_tune_trial, spec=spec, data_dir=data_dir,
-                                                             cwd=os.getcwd()), {"cpu": 1})
+                                                             cwd=os.getcwd()),
+                                           {"cpu": 1, "gpu": spec["gpus_per_trial"]})
         tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n,
                                                           max_concurrent_trials=spec["workers"]),
                    run_config=tune.RunConfig(storage_path=str(Path(spec["out"]) / "ray"), name="tune",

@@ -82,6 +82,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
 
 
+def local_processes(t) -> int:
+    """How many training processes this machine runs for `train` settings `t`: `devices`, resolved as Lightning
+    does for "auto" (every visible GPU when a GPU is used, else 1 CPU process)."""
+    if isinstance(t.devices, int):
+        return max(t.devices, 1)
+    gpu = t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return torch.cuda.device_count() if gpu else 1
+
+
 def choose_threads(setting=None, devices: int = 1) -> tuple[int, str]:
     """The torch CPU threads of each of a run's processes, and why: `setting` (train.threads: N or "auto"), else
     $DYNAFUSE_THREADS (N or auto), else 1.
@@ -110,7 +119,7 @@ def choose_threads(setting=None, devices: int = 1) -> tuple[int, str]:
 def set_threads(cfg: DictConfig) -> tuple[int, str]:
     """Set torch's CPU threads for this run (see `choose_threads`); returns the count and why."""
     t = cfg.train
-    n, why = choose_threads(t.threads, t.devices if isinstance(t.devices, int) else 1)
+    n, why = choose_threads(t.threads, local_processes(t))
     torch.set_num_threads(n)
     return torch.get_num_threads(), why
 
@@ -306,7 +315,8 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA,
         label = f"{cfg.model.name} on {cfg.data.name}" + (f", stage {stage}" if len(lit.model.stages) > 1 else "")
         callbacks.append(EpochLines(label, lit.monitor_key(), lit.monitor_mode()))
     trainer = L.Trainer(
-        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy,
         precision=t.precision, deterministic=True, gradient_clip_val=t.grad_clip or None, callbacks=callbacks,
         plugins=[AtomicCheckpointIO()], logger=CSVLogger(run.path, name="logs", version=stage),
         enable_progress_bar=bar, enable_model_summary=False, num_sanity_val_steps=0,
@@ -388,18 +398,31 @@ def train(cfg: DictConfig, out_dir: str | Path, resume: bool = False, force: boo
     The run folder is locked while training: a second `train` into it stops at once with one line saying which
     process holds it. Ctrl-C stops cleanly (KeyboardInterrupt; the CLI says how to resume, exit 130)."""
     run = RunDir(out_dir)
+    if other_rank():  # a DDP process other than rank 0 trains its share; rank 0 holds and writes the run folder
+        return _train(cfg, run, resume, force, first=False)
     with run.lock():
         return _train(cfg, run, resume, force)
 
 
-def _train(cfg: DictConfig, run: RunDir, resume: bool, force: bool) -> dict:
-    if run.finished and not force:
+def other_rank() -> bool:
+    """Whether this process is a data-parallel process other than the first: Lightning's DDP launcher and torchrun
+    set LOCAL_RANK/RANK, a multi-node run NODE_RANK on every node but the first, SLURM SLURM_PROCID (of several
+    tasks)."""
+    env = os.environ
+    ranks = [env.get(k) for k in ("RANK", "LOCAL_RANK", "NODE_RANK")]
+    if int(env.get("SLURM_NTASKS") or 1) > 1:
+        ranks.append(env.get("SLURM_PROCID"))
+    return any(r and r.strip().isdigit() and int(r) > 0 for r in ranks)
+
+
+def _train(cfg: DictConfig, run: RunDir, resume: bool, force: bool, first: bool = True) -> dict:
+    if first and run.finished and not force:
         raise DynafuseError("this run has finished already (use --force to train again, or `dynafuse eval`)",
                             run.path)
-    if run.started and not (resume or force):
+    if first and run.started and not (resume or force):
         raise DynafuseError("an unfinished run is here: pass --resume to continue it, or --force to start over",
                             run.path)
-    if force and not resume:
+    if first and force and not resume:
         run.clear_results()
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
     t = cfg.train
@@ -419,8 +442,9 @@ def _train(cfg: DictConfig, run: RunDir, resume: bool, force: bool) -> dict:
         load_weights(lit, Path(t.init_from), strict=False)
     if resume and run.started and (run / CONFIG).exists():
         check_resume(run, cfg, lit)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_config(dump(cfg))
+    if first:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_config(dump(cfg))
     train_cfg = OmegaConf.to_object(cfg.train)
 
     started, earlier, info = time.time(), 0.0, {"stages": {}}  # earlier: fit seconds from sessions before a kill
