@@ -252,17 +252,38 @@ def check_models(models: list[str]) -> None:
         raise ConfigError(f"unknown model {unknown[0]!r}; known: {', '.join(known)}")
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`"NAME: key=value key=value"` (a `--variant`) -> (NAME, overrides). ConfigError when malformed."""
+    name, sep, rest = text.partition(":")
+    overrides = rest.split()
+    if not sep or not name.strip() or any("=" not in o for o in overrides):
+        raise ConfigError(f"--variant {text!r} must look like 'NAME: key.path=value ...'")
+    return name.strip(), overrides
+
+
 def bench(models: list[str] | None = None, dataset: str = "mosi", train: bool = False, threads: int | None = None,
-          repeats: int = 20, warmup: int = 3, steps: int = 10, overrides: list[str] = ()) -> dict:
-    """Measure `models` (default: the registry's `benchmark` models) side by side; CrossSent also without GMRA."""
+          repeats: int = 20, warmup: int = 3, steps: int = 10, overrides: list[str] = (),
+          variants: list[tuple[str, list[str]]] = (), baseline: str | None = None) -> dict:
+    """Measure `models` (default: the registry's `benchmark` models) side by side; CrossSent also without GMRA.
+
+    `variants` [(name, overrides)]: measure each model once per variant instead (e.g. one text backbone and
+    fine-tuning route each), labelled `model (name)`. `baseline`: the row label (`model` or `model (variant)`)
+    that the training ratio divides by (default early_fusion, when measured); ConfigError when not a row."""
     models = list(models or benchmark_models())
     check_models(models)
     threads = resolve_threads(threads)
     specs = []
     for m in models:
+        if variants:
+            specs += [(m, name, list(extra)) for name, extra in variants]
+            continue
         specs.append((m, "", []))
         if m == NO_GMRA[0]:
             specs.append(NO_GMRA)
+    labels = [_label({"model": m, "variant": v}) for m, v, _ in specs]
+    if baseline is not None and baseline not in labels:
+        raise ConfigError(f"--baseline {baseline!r} is not a measured row; rows: {', '.join(labels)}")
+    baseline = baseline or "early_fusion"
     rows = [_in_fresh_process(measure_model, m, dataset, variant, [*overrides, *extra], threads, repeats, warmup,
                               train, steps)
             for m, variant, extra in specs]
@@ -271,15 +292,16 @@ def bench(models: list[str] | None = None, dataset: str = "mosi", train: bool = 
         r["share_of_matmul"] = r["achieved_flops"] / r["matmul_flops"]
     if train:  # epoch times in units of matmul time: load that differed between the processes cancels out
         work = [r["sec_per_epoch"] * r["train_matmul_flops"] for r in rows]
-        base = next((w for r, w in zip(rows, work) if r["model"] == "early_fusion" and not r["variant"]), None)
+        base = next((w for r, w in zip(rows, work) if _label(r) == baseline), None)
         for r, w in zip(rows, work):
-            r["vs_early_fusion"] = w / base if base else None
+            r["vs_baseline"] = w / base if base else None
     probes = [r["matmul_flops"] for r in rows]
     machine = {**machine_info(threads), "matmul_flops": statistics.median(probes), "matmul_flops_range": [
         min(probes), max(probes)]}
     return {"dataset": dataset, "machine": machine,
             "settings": {"repeats": repeats, "warmup": warmup, "batch": BATCH, "train_steps": steps if train else None,
-                         "overrides": list(overrides)},
+                         "overrides": list(overrides), "variants": {n: list(o) for n, o in variants},
+                         "baseline": baseline if train else None},
             "rows": rows, "gmra": gmra_overhead(rows)}
 
 
@@ -324,9 +346,10 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
               f"{r['latency_ms']:.2f}", f"{r['throughput']:.0f}", f"{r['achieved_flops'] / 1e9:.2f}",
               f"{100 * r['share_of_matmul']:.1f}", _optional(r["inference_peak_mb"], ".1f")] for r in rows])]
     if "sec_per_step" in rows[0]:
-        out.append(("Training", ["model", "batch", "s/step", "s/epoch", "x early_fusion"],
-                    [[_label(r), str(r["train_batch"]), f"{r['sec_per_step']:.3f}", f"{r['sec_per_epoch']:.1f}",
-                      _optional(r.get("vs_early_fusion"), ".1f")] for r in rows]))
+        out.append(("Training", ["model", "batch", "trainable", "s/step", "s/epoch",
+                                 f"x {result['settings']['baseline']}"],
+                    [[_label(r), str(r["train_batch"]), f"{r['trainable']:,}", f"{r['sec_per_step']:.3f}",
+                      f"{r['sec_per_epoch']:.1f}", _optional(r.get("vs_baseline"), ".2f")] for r in rows]))
     g = result.get("gmra")
     if g:
         out.append(("GMRA overhead (CrossSent Table 4): with / without GMRA",
@@ -358,8 +381,10 @@ def notes(result: dict) -> list[str]:
     if s.get("train_steps"):
         lines.append(f"Training: median of {s['train_steps']} AdamW steps after {s['warmup']} warm-up steps, "
                      "final training stage, full loss with every declared term; s/epoch = s/step x "
-                     "batches per train epoch; x early_fusion compares s/epoch scaled by the matmul rate timed in "
-                     "turns with the steps (load-corrected).")
+                     f"batches per train epoch; x {s['baseline']} compares s/epoch scaled by the matmul rate timed "
+                     "in turns with the steps (load-corrected).")
+    for name, extra in (s.get("variants") or {}).items():
+        lines.append(f"Variant {name}: {' '.join(extra) or '(the preset)'}.")
     lines.append("Compare ratios (between models, and to the matmul rate); absolute times depend on the machine "
                  "and its load.")
     return lines
