@@ -26,7 +26,7 @@ from dynafuse.cli import main
 
 ROW_KEYS = {"model", "variant", "dataset", "params", "trainable", "weights_mb", "batch", "inference_peak_mb",
             "flops_per_sample", "latency_ms", "throughput", "achieved_flops", "share_of_matmul", "matmul_flops",
-            "train_batch", "sec_per_step", "sec_per_epoch", "train_matmul_flops", "vs_early_fusion"}
+            "train_batch", "sec_per_step", "sec_per_epoch", "train_matmul_flops", "vs_baseline"}
 
 
 def test_flops_of_a_linear_layer():
@@ -86,7 +86,7 @@ def test_bench_two_models_on_real_mosi(data_dir, tmp_path):
     for r in rows:
         assert ROW_KEYS <= set(r)
         assert r["params"] >= r["trainable"] > 0 and r["flops_per_sample"] > 0 and r["batch"] == 64
-    assert rows[0]["vs_early_fusion"] == 1.0
+    assert rows[0]["vs_baseline"] == 1.0
     assert result["machine"]["threads"] == 1 and result["machine"]["matmul_flops"] > 0
     assert result["gmra"] is None  # no CrossSent in the run
     md, js = write_report(result, tmp_path / "cost")

@@ -159,35 +159,55 @@ def test_packaged_mpnet_layer_by_layer_matches():
     torch.testing.assert_close(h[mask], ref[mask], atol=1e-4, rtol=0)
 
 
-def test_frozen_layer_cache_gives_the_same_numbers(tmp_path, data_dir):
-    """Real MOSI transcripts through the packaged MiniLM, CPU setting (finetune_layers=2, GMRA after layer 4):
-    the trainer caches the output of the 4 frozen bottom layers once (float32); the model run from that cache
-    equals the model run from token ids through the whole backbone, to 1e-5, with audio injected by the GMRA.
-    The frozen layers run in eval mode even while the model trains."""
+def mpnet_installed() -> bool:
+    from dynafuse.data.text import PACKAGED_BACKBONES
+
+    return PACKAGED_BACKBONES["mpnet"].installed()
+
+
+@pytest.mark.parametrize("backbone, inject, cached, lora", [
+    pytest.param("minilm", [], 4, False, id="minilm"), pytest.param("minilm", [], 4, True, id="minilm-lora-top2"),
+    pytest.param("mpnet", ["model.inject_layer=10"], 10, False, id="mpnet",
+                 marks=pytest.mark.skipif(not mpnet_installed(), reason="the mpnet extra is not installed")),
+])
+def test_frozen_layer_cache_gives_the_same_numbers(tmp_path, data_dir, backbone, inject, cached, lora):
+    """Real MOSI transcripts through a packaged backbone, CPU setting (finetune_layers=2, GMRA below the top 2
+    layers: after layer 4 of MiniLM's 6, layer 10 of MPNet's 12): the trainer caches the output of the frozen
+    bottom layers once (float32; MPNet's hidden_states[10], fed back with its relative position bias); the model
+    run from that cache equals the model run from token ids through the whole backbone, to 1e-5, with audio
+    injected by the GMRA. With LoRA on the top 2 layers (lora_rank and finetune_layers) the bottom is cached the
+    same way. The frozen layers run in eval mode even while the model trains."""
     from dynafuse.data import SplitDataset
     from dynafuse.training import build_config, prepare_data
     from dynafuse.training.run import build_module, text_cache_layers
 
-    over = [f"data.data_dir={data_dir}", "data.limit=24", "model.finetune_layers=2", f"data.cache_dir={tmp_path}"]
+    over = [f"data.data_dir={data_dir}", "data.limit=24", "model.finetune_layers=2", f"data.cache_dir={tmp_path}",
+            f"data.text.backbone={backbone}", *inject, *(["model.lora_rank=4"] if lora else [])]
     cached_cfg = build_config("crosssent", "mosi", over)
     plain_cfg = build_config("crosssent", "mosi", [*over, "data.text.frozen_cache=false"])
-    assert text_cache_layers(cached_cfg) == 4 and text_cache_layers(plain_cfg) == 0
+    assert text_cache_layers(cached_cfg) == cached and text_cache_layers(plain_cfg) == 0
     assert text_cache_layers(build_config("crosssent", "mosi", [f"data.data_dir={data_dir}"])) == 0  # whole backbone
-    cached, plain = prepare_data(cached_cfg), prepare_data(plain_cfg)
-    assert cached.input_dims() == plain.input_dims() == {"text": 0, "audio": 73}
-    assert cached.reference.features["text"].dtype == np.float32 and cached.reference.features["text"].ndim == 3
+    cached_data, plain = prepare_data(cached_cfg), prepare_data(plain_cfg)
+    assert cached_data.input_dims() == plain.input_dims() == {"text": 0, "audio": 73}
+    text = cached_data.reference.features["text"]
+    assert text.dtype == np.float32 and text.ndim == 3 and text.shape[-1] == (768 if backbone == "mpnet" else 384)
     torch.manual_seed(0)
-    lit = build_module(cached_cfg, cached)
+    lit = build_module(cached_cfg, cached_data)
     model = lit.model.eval()
-    ds_c, ds_p = SplitDataset(cached.splits["test"]), SplitDataset(plain.splits["test"])
+    if lora:  # trained adapters (B != 0), so the comparison sees them
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.05)
+    ds_c, ds_p = SplitDataset(cached_data.splits["test"]), SplitDataset(plain.splits["test"])
     rows = list(range(8))
     with torch.no_grad():
         a, b = model(ds_c.collate(rows)), model(ds_p.collate(rows))
     torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=0)
     model.train()
     enc = model.text_backbone.encoder
-    assert not enc.embeddings.training and not any(layer.training for layer in enc.encoder.layer[:4])
-    assert all(layer.training for layer in enc.encoder.layer[4:])
+    assert not enc.embeddings.training and not any(layer.training for layer in enc.encoder.layer[:-2])
+    assert all(layer.training for layer in enc.encoder.layer[-2:])
 
 
 # ---------------------------------------------------------------- model contract

@@ -18,17 +18,20 @@ from dynafuse.metrics import compute_metrics, ordinal_stats
 LEVELS = [0.0, 0.5, 1.0]
 
 
-def synthetic_run(root, model, seed, variant="", noise=0.8, ordinal="json", robust=False, transfer=False):
-    """A finished run folder with synthetic labels and predictions (not real data), as the trainer writes it."""
-    d = root / "mosi" / f"{model}{'-' + variant if variant else ''}-s{seed}"
+def synthetic_run(root, model, seed, variant="", noise=0.8, ordinal="json", robust=False, transfer=False,
+                  backbone=None):
+    """A finished run folder with synthetic labels and predictions (not real data), as the trainer writes it;
+    `backbone`: the run's data.text.backbone (None: not in its config, as in runs that predate the key)."""
+    d = root / "mosi" / f"{model}{'-' + variant if variant else ''}{'-' + backbone if backbone else ''}-s{seed}"
     d.mkdir(parents=True)
     rng = np.random.default_rng(seed + 10 * len(model))
     splits = {}
     for split, n in (("valid", 40), ("test", 60)):
         y = rng.uniform(-3, 3, n).round(1)
         splits[split] = (y, y + rng.normal(0, noise, n))
+    data = {"name": "mosi", **({"text": {"backbone": backbone}} if backbone else {})}
     (d / "config.yaml").write_text(yaml.safe_dump({"model": {"name": model, "task": "regression"},
-                                                   "data": {"name": "mosi"}, "variant": variant}))
+                                                   "data": data, "variant": variant}))
     (d / "run.json").write_text(json.dumps({"model": model, "dataset": "mosi", "seed": seed, "params": 1000,
                                             "value_range": 3.0, "stages": {"main": {"epochs": 2, "seconds": 1.0}}}))
     metrics = {s: compute_metrics(p, y) for s, (y, p) in splits.items()}
@@ -114,6 +117,39 @@ def test_report_writes_every_output(runs, tmp_path, monkeypatch):
     maes = [float(r["mae"]) for r in rows if r["model"] == "daf" and not r["variant"]]
     assert float(agg["daf"]["mae_mean"]) == pytest.approx(np.mean(maes))
     assert float(agg["daf"]["mae_std"]) == pytest.approx(np.std(maes, ddof=1))
+
+
+def test_report_names_the_text_backbone_when_runs_differ(runs, tmp_path, monkeypatch):
+    """Synthetic runs of one model with two text backbones: they are two groups (never averaged together); the
+    tables get a `backbone` column, the other sections `model (mpnet)`; a MiniLM-only report has no such column."""
+    monkeypatch.setenv("DYNAFUSE_ANCHORS", str(tmp_path / "no-anchors.csv"))
+    md_minilm = write_report([runs], tmp_path / "rep" / "one")
+    assert "backbone" not in md_minilm and "minilm" not in md_minilm
+    for s in range(2):
+        synthetic_run(runs, "daf", s, noise=0.3, backbone="mpnet", robust=True)
+        synthetic_run(runs, "daf", s, variant="static", noise=0.3, backbone="mpnet")
+    md = write_report([runs], tmp_path / "rep" / "both")
+    overview = (tmp_path / "rep" / "both_overview.md").read_text()
+    assert "| model | backbone | mosi mae / corr |" in overview
+    assert "| daf | minilm |" in overview and "| daf | mpnet |" in overview and "(2) |" in overview
+    assert "| early_fusion | minilm |" in overview and "static" not in overview
+    # per-dataset table: the backbone column, and daf's minilm and mpnet seeds kept apart (3 and 2)
+    assert "| model | backbone | seeds |" in md
+    assert "| daf | minilm | 3 |" in md and "| daf | mpnet | 2 |" in md and "| daf [static] | mpnet | 2 |" in md
+    report = json.loads((tmp_path / "rep" / "both.json").read_text())
+    assert {(g["model"], g["variant"], g["text_backbone"], g["n_seeds"]) for g in report["groups"]} == {
+        ("daf", "", "minilm", 3), ("daf", "static", "minilm", 3), ("daf", "", "mpnet", 2),
+        ("daf", "static", "mpnet", 2), ("early_fusion", "", "minilm", 3)}
+    # sections keyed by row names: the mpnet rows are named apart
+    assert set(report["extras"]["ordinal"]["mosi/regression"]["table"]) == {
+        "daf", "daf [static]", "daf (mpnet)", "daf (mpnet) [static]", "early_fusion"}
+    assert "Best model by mean mae: **daf (mpnet)**" in md
+    assert set(report["extras"]["robustness"]["mosi/regression"]["relative_robustness"]) == {"daf", "daf (mpnet)"}
+    with open(tmp_path / "rep" / "both_summary.csv") as f:
+        agg = list(csv.DictReader(f))
+    assert {(r["model"], r["variant"], r["backbone"]) for r in agg} >= {("daf", "", "mpnet"), ("daf", "", "minilm")}
+    with open(tmp_path / "rep" / "one_summary.csv") as f:
+        assert "backbone" not in next(csv.reader(f))
 
 
 def test_report_shows_published_rows_beside_ours(runs, tmp_path, data_dir, monkeypatch):

@@ -158,13 +158,14 @@ def cmd_transfer(a):
 
 
 def cmd_bench(a):
-    from .analysis.bench import bench, print_report, write_report
+    from .analysis.bench import bench, parse_variant, print_report, write_report
 
     models = [m.strip() for m in a.models.split(",") if m.strip()] if a.models else None
     overrides = list(a.overrides) + ([f"data.data_dir={a.data_dir}"] if a.data_dir else [])
     overrides += ["data.options.allow_pickle=true"] if a.allow_pickle else []
     result = bench(models, a.dataset, train=a.train, threads=a.threads, repeats=a.repeats, warmup=a.warmup,
-                   steps=a.steps, overrides=overrides, thread_epochs=a.compare_threads)
+                   steps=a.steps, overrides=overrides, thread_epochs=a.compare_threads,
+                   variants=[parse_variant(v) for v in a.variant], baseline=a.baseline)
     print_report(result)
     md, js = write_report(result, a.out)
     print(f"wrote {md} and {js}")
@@ -331,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=whole(1), default=20, help="timed passes per figure (the median is reported)")
     b.add_argument("--warmup", type=whole(0), default=3, help="untimed passes before timing")
     b.add_argument("--steps", type=whole(1), default=10, help="timed training steps with --train")
+    b.add_argument("--variant", action="append", default=[], metavar="'NAME: key=value ...'",
+                   help="measure each model once per variant (repeatable), with these overrides, instead of its "
+                        "preset (and CrossSent's gmra=false)")
+    b.add_argument("--baseline", help="row label the training ratio divides by: MODEL or 'MODEL (VARIANT)' "
+                                      "(default: early_fusion, when measured)")
     b.add_argument("--data-dir")
     b.add_argument("--allow-pickle", action="store_true", help="allow loading a pickle file (it can run code)")
     b.add_argument("overrides", nargs="*", help="key.path=value config overrides for every model")

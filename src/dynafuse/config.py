@@ -104,6 +104,15 @@ class ModelConfig:
     standardize: bool = True  # z-score each feature dim with train-split statistics (kept in the checkpoint)
     modalities: Optional[List[str]] = None  # null: every modality the data has
     finetune_layers: Optional[int] = at_least(None, 0, "token-id text: train only the backbone's top N layers")
+    # token-id text: low-rank adapters (LoRA, Hu et al. 2021) train instead of the backbone's weights
+    lora_rank: Optional[int] = positive(None, "LoRA rank r; null: no adapters (the weights themselves train)")
+    lora_alpha: Optional[float] = positive(None, "LoRA scale alpha (updates x alpha/r); null: alpha = r, as Hu et "
+                                                 "al. Sec. 4.1 (alpha set to the first r tried, not tuned)")
+    lora_dropout: float = in_range(0.1, 0.0, 1.0, doc="dropout on the adapters' input (Hu et al.'s GPT-2 setting)",
+                                   high_open=True)
+    lora_targets: str = one_of("attention", "attention", "all",
+                               doc="attention: query/key/value/output projections (BERT; MPNet's q/k/v/o); all: also "
+                                   "the feed-forward")
 
 
 @dataclass
@@ -167,7 +176,7 @@ class TrainConfig:
     loss: str = one_of("l1", "l1", "mse")
     optimizer: str = one_of("adamw", "adamw", "adam", doc="adam: plain Adam, L2 weight decay (2501.08085 uses Adam)")
     lr: float = positive(3.0e-4, "chosen on MOSI valid MAE over 3 seeds (1e-3: 0.861, 3e-4: 0.850)")
-    backbone_lr: float = positive(3.0e-5)
+    backbone_lr: float = positive(3.0e-5, "a fine-tuned backbone's pretrained weights (its LoRA adapters train at lr)")
     weight_decay: float = at_least(1.0e-4, 0.0)
     warmup_ratio: float = in_range(0.0, 0.0, 1.0, high_open=True)
     grad_clip: Optional[float] = at_least(1.0, 0.0)

@@ -322,19 +322,40 @@ def check_models(models: list[str]) -> None:
         raise ConfigError(f"unknown model {unknown[0]!r}; known: {', '.join(known)}")
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`"NAME: key=value key=value"` (a `--variant`) -> (NAME, overrides). ConfigError when malformed."""
+    name, sep, rest = text.partition(":")
+    overrides = rest.split()
+    if not sep or not name.strip() or any("=" not in o for o in overrides):
+        raise ConfigError(f"--variant {text!r} must look like 'NAME: key.path=value ...'")
+    return name.strip(), overrides
+
+
 def bench(models: list[str] | None = None, dataset: str = "mosi", train: bool = False, threads: int | None = None,
           repeats: int = 20, warmup: int = 3, steps: int = 10, overrides: list[str] = (),
-          thread_epochs: int | None = None) -> dict:
+          thread_epochs: int | None = None, variants: list[tuple[str, list[str]]] = (),
+          baseline: str | None = None) -> dict:
     """Measure `models` (default: the registry's `benchmark` models) side by side; CrossSent also without GMRA.
+
+    `variants` [(name, overrides)]: measure each model once per variant instead (e.g. one text backbone and
+    fine-tuning route each), labelled `model (name)`. `baseline`: the row label (`model` or `model (variant)`)
+    that the training ratio divides by (default early_fusion, when measured); ConfigError when not a row.
     `thread_epochs`: also compare thread settings on real training runs of that many epochs (`compare_threads`)."""
     models = list(models or benchmark_models())
     check_models(models)
     threads = resolve_threads(threads)
     specs = []
     for m in models:
+        if variants:
+            specs += [(m, name, list(extra)) for name, extra in variants]
+            continue
         specs.append((m, "", []))
         if m == NO_GMRA[0]:
             specs.append(NO_GMRA)
+    labels = [_label({"model": m, "variant": v}) for m, v, _ in specs]
+    if baseline is not None and baseline not in labels:
+        raise ConfigError(f"--baseline {baseline!r} is not a measured row; rows: {', '.join(labels)}")
+    baseline = baseline or "early_fusion"
     rows = []
     with progress(f"bench: models measured on {dataset}", len(specs), "models", every=0) as bar:
         for m, variant, extra in specs:
@@ -346,15 +367,16 @@ def bench(models: list[str] | None = None, dataset: str = "mosi", train: bool = 
         r["share_of_matmul"] = r["achieved_flops"] / r["matmul_flops"]
     if train:  # epoch times in units of matmul time: load that differed between the processes cancels out
         work = [r["sec_per_epoch"] * r["train_matmul_flops"] for r in rows]
-        base = next((w for r, w in zip(rows, work) if r["model"] == "early_fusion" and not r["variant"]), None)
+        base = next((w for r, w in zip(rows, work) if _label(r) == baseline), None)
         for r, w in zip(rows, work):
-            r["vs_early_fusion"] = w / base if base else None
+            r["vs_baseline"] = w / base if base else None
     probes = [r["matmul_flops"] for r in rows]
     machine = {**machine_info(threads), "matmul_flops": statistics.median(probes), "matmul_flops_range": [
         min(probes), max(probes)]}
     result = {"dataset": dataset, "machine": machine,
               "settings": {"repeats": repeats, "warmup": warmup, "batch": BATCH,
-                           "train_steps": steps if train else None, "overrides": list(overrides)},
+                           "train_steps": steps if train else None, "overrides": list(overrides),
+                           "variants": {n: list(o) for n, o in variants}, "baseline": baseline if train else None},
               "rows": rows, "gmra": gmra_overhead(rows)}
     if thread_epochs:
         result["threads"] = compare_threads(epochs=thread_epochs, overrides=[o for o in overrides
@@ -399,13 +421,14 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     rows = result["rows"]
     out = [("Inference", ["model", "params", "trainable", "MFLOP/sample", "batch-1 ms", f"batch-{BATCH} samples/s",
                           "GFLOP/s", "% of matmul", "peak MB"],
-            [[_label(r), f"{r['params']:,}", f"{r['trainable']:,}", f"{r['flops_per_sample'] / 1e6:.2f}",
+            [[_label(r), f"{r['params']:,}", _optional(r.get("trainable"), ","), f"{r['flops_per_sample'] / 1e6:.2f}",
               f"{r['latency_ms']:.2f}", f"{r['throughput']:.0f}", f"{r['achieved_flops'] / 1e9:.2f}",
               f"{100 * r['share_of_matmul']:.1f}", _optional(r["inference_peak_mb"], ".1f")] for r in rows])]
     if "sec_per_step" in rows[0]:
-        out.append(("Training", ["model", "batch", "s/step", "s/epoch", "x early_fusion"],
-                    [[_label(r), str(r["train_batch"]), f"{r['sec_per_step']:.3f}", f"{r['sec_per_epoch']:.1f}",
-                      _optional(r.get("vs_early_fusion"), ".1f")] for r in rows]))
+        out.append(("Training", ["model", "batch", "trainable", "s/step", "s/epoch",
+                                 f"x {result['settings'].get('baseline') or 'early_fusion'}"],
+                    [[_label(r), str(r["train_batch"]), _optional(r.get("trainable"), ","), f"{r['sec_per_step']:.3f}",
+                      f"{r['sec_per_epoch']:.1f}", _optional(r.get("vs_baseline", r.get("vs_early_fusion")), ".2f")] for r in rows]))  # older files
     if result.get("threads"):
         out.append(thread_table(result["threads"]))
     g = result.get("gmra")
@@ -470,8 +493,10 @@ def notes(result: dict) -> list[str]:
     if s.get("train_steps"):
         lines.append(f"Training: median of {s['train_steps']} AdamW steps after {s['warmup']} warm-up steps, "
                      "final training stage, full loss with every declared term; s/epoch = s/step x "
-                     "batches per train epoch; x early_fusion compares s/epoch scaled by the matmul rate timed in "
-                     "turns with the steps (load-corrected).")
+                     f"batches per train epoch; x {s.get('baseline') or 'early_fusion'} compares s/epoch scaled by the matmul rate timed "
+                     "in turns with the steps (load-corrected).")
+    for name, extra in (s.get("variants") or {}).items():
+        lines.append(f"Variant {name}: {' '.join(extra) or '(the preset)'}.")
     if result.get("threads"):
         lines.append(thread_note(result["threads"]))
     lines.append("Compare ratios (between models, and to the matmul rate); absolute times depend on the machine "

@@ -30,6 +30,7 @@ from ..files import atomic_write_json, atomic_write_text
 from ..metrics import aggregate, format_mean_std
 from ..training import RunDir, find_runs
 from .figures import pyplot, save_figure
+from .summary import label
 
 MODS = ("text", "audio", "vision")
 BINS = np.array([0.0, 0.1, 0.2, 0.4, 0.7, 2.0])  # error bins on the [-1, 1] scale
@@ -112,7 +113,7 @@ def gate_analysis(roots: list[str | Path], data_dir: Path, out: str | Path, data
         gates = read_gates(run)
         if gates is None:
             continue
-        name = rec["model"] + (f" [{rec['variant']}]" if rec["variant"] else "")
+        name = label(rec)
         per_group[name].append(run_stats(*gates, errors))
         curves[name].append(binned(*gates, errors))
     if not per_group:

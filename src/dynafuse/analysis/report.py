@@ -21,6 +21,7 @@ import os
 import re
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import jinja2
 import numpy as np
@@ -33,7 +34,19 @@ from ..metrics import METRIC_KEYS, aggregate, format_mean_std, ordinal_stats
 from ..training import RunDir
 from .anchors import load_anchors
 from .figures import confusion_figure, curves_figure, metrics_figure
-from .summary import FINE, by_dataset_task, cell, find_runs, group_runs, label, md_table, metric_table
+from .summary import (
+    FINE,
+    backbone_of,
+    by_dataset_task,
+    cell,
+    find_runs,
+    group_key,
+    group_runs,
+    label,
+    md_table,
+    metric_table,
+    show_backbones,
+)
 
 ANCHOR_KEYS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc3", "acc5", "acc7", "mae", "corr")
 HEADLINE = {"regression": ("mae", "corr"), "3class": ("acc3", "f1_3")}  # per-model figure, robustness tables
@@ -85,10 +98,6 @@ def run_extras(run: dict) -> dict:
             "transfer": [t for t in transfer if isinstance(t, dict)], "explain": explain}
 
 
-def group_key(x: dict) -> tuple:
-    return x["dataset"], x["task"], x["model"], x["variant"]
-
-
 def runs_by_group(runs: list[dict]) -> dict[tuple, list[dict]]:
     out = defaultdict(list)
     for r in runs:
@@ -106,17 +115,19 @@ def mean_std(rows: list[dict], key: str, digits: int = 3) -> str:
 
 
 def overview_blocks(groups: list[dict], split: str) -> list:
-    """The main table: one row per model (ablation variants left out), the headline metrics per dataset."""
+    """The main table: one row per model (ablation variants left out), the headline metrics per dataset; one row
+    per model and text backbone, in a `backbone` column, when some run used another backbone than the default."""
     main = [g for g in groups if not g["variant"]]
     columns = list(dict.fromkeys((g["dataset"], g["task"]) for g in main))  # groups come sorted by dataset
-    cells = {(g["model"], g["dataset"], g["task"]): g for g in main}
-    header = ["model"] + [f"{d}{'' if t == 'regression' else f' ({t})'} {' / '.join(HEADLINE[t])}"
-                          for d, t in columns]
+    cells = {(g["model"], backbone_of(g), g["dataset"], g["task"]): g for g in main}
+    backbones = show_backbones(main)
+    header = ["model", *(["backbone"] if backbones else [])] + [
+        f"{d}{'' if t == 'regression' else f' ({t})'} {' / '.join(HEADLINE[t])}" for d, t in columns]
     rows = []
-    for model in sorted({g["model"] for g in main}):
-        row = [model]
+    for model, backbone in sorted({(g["model"], backbone_of(g)) for g in main}):
+        row = [model, *([backbone] if backbones else [])]
         for d, t in columns:
-            g = cells.get((model, d, t))
+            g = cells.get((model, backbone, d, t))
             row.append("" if g is None else " / ".join(cell(g["agg"], k) for k in HEADLINE[t])
                        + (f" ({g['n_seeds']})" if g["n_seeds"] > 1 else ""))  # one seed: each cell says so
         rows.append(row)
@@ -321,20 +332,30 @@ def metric_columns(metric_dicts: list[dict]) -> list[str]:
     return keys + sorted({k for m in metric_dicts for k in m} - set(keys))
 
 
+def name_columns(items: list[dict]) -> tuple[list[str], Callable[[dict], list]]:
+    """The naming columns of the CSVs: dataset, model, variant, task, and `backbone` when some item used a text
+    backbone other than the default; with the function giving an item's values for them."""
+    backbones = show_backbones(items)
+    header = ["dataset", "model", "variant", *(["backbone"] if backbones else []), "task"]
+    return header, lambda x: [x["dataset"], x["model"], x["variant"], *([backbone_of(x)] if backbones else []),
+                              x["task"]]
+
+
 def write_runs_csv(path: Path, runs: list[dict], split: str) -> Path:
-    """One row per run: dataset, model, variant, task, seed, dir and every metric of `split`."""
+    """One row per run: dataset, model, variant, (backbone), task, seed, dir and every metric of `split`."""
     keys = metric_columns([r["metrics"][split] for r in runs])
-    rows = ([r["dataset"], r["model"], r["variant"], r["task"], r["seed"], r["dir"],
-             *(r["metrics"][split].get(k, "") for k in keys)] for r in runs)
-    return atomic_write_csv(path, rows, ["dataset", "model", "variant", "task", "seed", "dir", *keys])
+    names, values = name_columns(runs)
+    rows = ([*values(r), r["seed"], r["dir"], *(r["metrics"][split].get(k, "") for k in keys)] for r in runs)
+    return atomic_write_csv(path, rows, [*names, "seed", "dir", *keys])
 
 
 def write_summary_csv(path: Path, groups: list[dict]) -> Path:
     """One row per group of seeds: the mean and std of every metric."""
     keys = metric_columns([g["agg"] for g in groups])
-    rows = ([g["dataset"], g["model"], g["variant"], g["task"], g["n_seeds"], " ".join(map(str, g["seeds"])),
+    names, values = name_columns(groups)
+    rows = ([*values(g), g["n_seeds"], " ".join(map(str, g["seeds"])),
              *(g["agg"][k][s] if k in g["agg"] else "" for k in keys for s in ("mean", "std"))] for g in groups)
-    return atomic_write_csv(path, rows, ["dataset", "model", "variant", "task", "n_seeds", "seeds",
+    return atomic_write_csv(path, rows, [*names, "n_seeds", "seeds",
                                          *(f"{k}_{s}" for k in keys for s in ("mean", "std"))])
 
 

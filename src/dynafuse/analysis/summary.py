@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from ..data.text import DEFAULT_BACKBONE
 from ..errors import DataError, DynafuseError, warn
 from ..files import atomic_write_json, atomic_write_text
 from ..metrics import aggregate, format_mean_std
@@ -37,23 +38,42 @@ def find_runs(roots: list[str | Path], split: str | None = None) -> list[dict]:
     return rows
 
 
+def group_key(x: dict) -> tuple:
+    """What tells groups of seeds apart: (dataset, task, model, variant, text backbone)."""
+    return x["dataset"], x["task"], x["model"], x["variant"], backbone_of(x)
+
+
+def backbone_of(x: dict) -> str:
+    """A run's or group's text backbone (`data.text.backbone`; runs that predate the key used MiniLM)."""
+    return x.get("text_backbone") or DEFAULT_BACKBONE
+
+
 def group_runs(runs: list[dict], split: str = "test") -> list[dict]:
-    """Runs grouped by (dataset, task, model, variant), with the mean ± std of `split`'s metrics over seeds."""
+    """Runs grouped by (dataset, task, model, variant, text backbone), with the mean ± std of `split`'s metrics over
+    seeds."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
-        groups[(r["dataset"], r["task"], r["model"], r["variant"])].append(r)
+        groups[group_key(r)].append(r)
     out = []
-    for (dataset, task, model, variant), rs in sorted(groups.items()):
-        out.append({"dataset": dataset, "task": task, "model": model, "variant": variant, "n_seeds": len(rs),
-                    "seeds": sorted(r["seed"] for r in rs), "params": rs[0]["params"],
+    for (dataset, task, model, variant, backbone), rs in sorted(groups.items()):
+        out.append({"dataset": dataset, "task": task, "model": model, "variant": variant, "text_backbone": backbone,
+                    "n_seeds": len(rs), "seeds": sorted(r["seed"] for r in rs), "params": rs[0]["params"],
                     "sec_per_epoch": sum(r["sec_per_epoch"] for r in rs) / len(rs),
                     "agg": aggregate([r["metrics"][split] for r in rs])})
     return out
 
 
-def label(g: dict) -> str:
-    """A group's row name: `model`, or `model [variant]` for an ablation."""
-    return g["model"] + (f" [{g['variant']}]" if g.get("variant") else "")
+def label(g: dict, backbone: bool = True) -> str:
+    """A group's (or run's) row name: `model`, `model [variant]` for an ablation; with `backbone`, a text backbone
+    other than the default is named too: `model (mpnet) [variant]`."""
+    name = backbone_of(g)
+    shown = f" ({Path(name).name or name})" if backbone and name != DEFAULT_BACKBONE else ""
+    return g["model"] + shown + (f" [{g['variant']}]" if g.get("variant") else "")
+
+
+def show_backbones(groups: list[dict]) -> bool:
+    """Whether tables need a backbone column: some group used a text backbone other than the default."""
+    return any(backbone_of(g) != DEFAULT_BACKBONE for g in groups)
 
 
 def cell(agg: dict, key: str) -> str:
@@ -68,13 +88,16 @@ def by_dataset_task(groups: list[dict]) -> dict[tuple[str, str], list[dict]]:
 
 
 def metric_table(groups: list[dict], task: str, keys=None) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of one (dataset, task) table: rows are models, cells mean ± std over seeds."""
+    """Header and rows of one (dataset, task) table: rows are models, cells mean ± std over seeds; a `backbone`
+    column (the text backbone of each row) when the groups used more than the default one."""
     ks = keys or (CLASS_SHOWN if task == "3class" else SHOWN)
-    header = ["model", "seeds", *ks, "params", "s/epoch"]
+    backbones = show_backbones(groups)
+    header = ["model", *(["backbone"] if backbones else []), "seeds", *ks, "params", "s/epoch"]
     rows = []
     for g in groups:
         cost = [f"{g['params']:,}", f"{g['sec_per_epoch']:.1f}"] if g.get("params") else ["", ""]
-        rows.append([label(g), str(g["n_seeds"]), *(cell(g["agg"], k) for k in ks), *cost])
+        rows.append([label(g, backbone=False), *([backbone_of(g)] if backbones else []), str(g["n_seeds"]),
+                     *(cell(g["agg"], k) for k in ks), *cost])
     return header, rows
 
 

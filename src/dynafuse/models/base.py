@@ -152,8 +152,11 @@ class MSAModel(nn.Module):
         self.stage = self.stages[-1]
         self.text_backbone = None
         if self.input_dims.get("text") == 0:  # token ids: this model runs (and fine-tunes) the backbone
-            self.text_backbone = TextBackbone(backbone, cfg.finetune_layers)
+            self.text_backbone = TextBackbone(backbone, cfg)
             self.input_dims["text"] = self.text_backbone.hidden_size
+        elif cfg.lora_rank and "text" in self.input_dims:
+            raise ConfigError("model.lora_rank adapts a text backbone the model runs, but text arrives as frozen "
+                              "features: set data.text.finetune=true")
 
     def inputs(self, batch, run_backbone: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """(features, mask) per modality the model uses; text ids go through the backbone first, unless

@@ -7,6 +7,9 @@ import math
 import torch
 from torch import nn
 
+from ..config import ModelConfig
+from ..errors import ConfigError
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid steps: (B, T, D), (B, T) -> (B, D); rows with no valid step give zeros."""
@@ -95,24 +98,80 @@ class Head(nn.Module):
         return self.net(x)
 
 
-class TextBackbone(nn.Module):
-    """A Hugging Face encoder run inside the model, so it is fine-tuned (MiniLM-L6 by default)."""
+def is_lora_weight(name: str) -> bool:
+    """A parameter name of a low-rank adapter (peft's `lora_A` / `lora_B`), not of the pretrained model."""
+    return ".lora_" in name
 
-    def __init__(self, name: str | None = None, finetune_layers: int | None = None):
+
+class TextBackbone(nn.Module):
+    """A Hugging Face encoder run inside the model, so it is fine-tuned (MiniLM-L6 by default).
+
+    What trains (`cfg`: the model's config, a `ModelConfig`; None = the whole backbone):
+    - the whole backbone (`finetune_layers=null`, `lora_rank=null`); its unused pooler never does;
+    - `finetune_layers=N`: its top N layers only (the bottom stays as pretrained; CrossSent caches it);
+    - `lora_rank=r`: low-rank adapters only (LoRA, Hu et al. 2021, Eq. 3: h = W0 x + (alpha / r) B A x, B = 0 at
+      the start, so the model starts as the pretrained one), on every layer's attention projections (BERT's
+      query/key/value/attention.output.dense, MPNet's q/k/v/o; `lora_targets=all` adds the feed-forward), or on the
+      top N layers only with `finetune_layers=N`. The adapters are injected in place (peft's
+      `inject_adapter_in_model`), so a model that runs `encoder.encoder.layer[i]` itself runs the adapted layers.
+    Raises ConfigError when peft is missing or the backbone has no such layers.
+    """
+
+    def __init__(self, name: str | None = None, cfg: ModelConfig | None = None):
         super().__init__()
         from ..data.text import load_backbone
 
         self.encoder = load_backbone(name)
         self.hidden_size = self.encoder.config.hidden_size
-        if finetune_layers is not None:  # train only the top N layers; fewer weights move, faster on a CPU
-            for p in self.encoder.parameters():
-                p.requires_grad = False
-            for layer in self.encoder.encoder.layer[-finetune_layers:] if finetune_layers else []:
-                for p in layer.parameters():
-                    p.requires_grad = True
+        self.finetune_layers = cfg.finetune_layers if cfg is not None else None
+        self.lora_rank = cfg.lora_rank if cfg is not None else None
+        self.tuned = None  # names of the encoder.layer blocks that train (None: all)
+        if self.finetune_layers is not None:
+            depth = len(self.layers())
+            self.tuned = [f"encoder.layer.{i}." for i in range(max(0, depth - self.finetune_layers), depth)]
+        if self.lora_rank:
+            add_lora(self.encoder, cfg, self.tuned)
+        self.set_trainable(True)
+
+    def layers(self) -> nn.ModuleList:
+        """The transformer blocks (`encoder.layer`, BERT-style and MPNet)."""
+        layers = getattr(getattr(self.encoder, "encoder", None), "layer", None)
+        if layers is None:
+            raise ConfigError(f"model.finetune_layers needs a BERT-style backbone (encoder.layer); "
+                              f"{type(self.encoder).__name__} is not one")
+        return layers
+
+    def set_trainable(self, flag: bool) -> None:
+        """Freeze the backbone (False), or train what the config says (True; see the class)."""
+        for n, p in self.encoder.named_parameters():
+            trains = not n.startswith("pooler.") and (self.tuned is None or n.startswith(tuple(self.tuned)))
+            p.requires_grad = flag and trains and (is_lora_weight(n) if self.lora_rank else True)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) and mask (B, T) -> the last layer's token states (B, T, H)."""
         return self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+
+
+def add_lora(encoder: nn.Module, cfg: ModelConfig, within: list[str] | None = None) -> list[str]:
+    """Inject LoRA adapters (rank `cfg.lora_rank`, scale `cfg.lora_alpha / rank`, dropout `cfg.lora_dropout`) in
+    place into the attention projections of `encoder` (every nn.Linear under an `.attention.` module of a layer;
+    `lora_targets=all`: every nn.Linear of a layer), only in the layers whose names start with one of `within`
+    (None: all). Returns the adapted module names. ConfigError: peft missing, or nothing to adapt."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ConfigError("model.lora_rank needs peft: pip install \"dynafuse[lora]\"") from None
+    names = [n for n, m in encoder.named_modules()
+             if isinstance(m, nn.Linear) and n.startswith("encoder.layer.")
+             and (cfg.lora_targets == "all" or ".attention." in n)
+             and (within is None or n.startswith(tuple(within)))]
+    if not names:
+        raise ConfigError(f"model.lora_rank: {type(encoder).__name__} has no linear layers under encoder.layer "
+                          f"to adapt (lora_targets={cfg.lora_targets})")
+    rank = int(cfg.lora_rank)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=cfg.lora_alpha or rank, lora_dropout=cfg.lora_dropout,
+                                       target_modules=names, bias="none"), encoder)
+    return names
 
 
 class CrossAttention(nn.Module):

@@ -153,8 +153,6 @@ class CrossSent(MSAModel):
         if not (hasattr(enc, "embeddings") and hasattr(getattr(enc, "encoder", None), "layer")):
             raise ConfigError(f"crosssent runs the backbone layer by layer and needs a BERT-style encoder "
                               f"(embeddings + encoder.layer); {type(enc).__name__} is not one")
-        if getattr(enc, "pooler", None) is not None:  # unused (we pool ourselves): keep it out of the optimiser
-            enc.pooler.requires_grad_(False)
         hidden = self.text_backbone.hidden_size
         n_layers = len(enc.encoder.layer)
         self.inject_layer = n_layers if cfg.inject_layer is None else cfg.inject_layer

@@ -51,6 +51,7 @@ from .. import losses
 from ..config import ModelConfig, at_least, one_of, positive
 from ..data.core import MODALITIES, UNIMODAL_KEYS
 from ..data.tables import UNI_COLUMNS as UNI_LABEL
+from ..errors import ConfigError
 from .base import ModelOutput, MSAModel, register_model
 from .blocks import (
     Adapter,
@@ -271,7 +272,10 @@ class KuDA(MSAModel):
         self.ratio_reference = cfg.ratio_reference
         self.freeze = cfg.freeze
         if self.text_backbone is not None:  # adapters read the language model's layers (reference: BERT 3/6/9/11)
-            set_trainable([self.text_backbone], False)
+            if cfg.lora_rank and not cfg.finetune_backbone:
+                raise ConfigError("model.lora_rank adapts a backbone that kuda fine-tunes: set "
+                                  "model.finetune_backbone=true (without it the backbone stays frozen)")
+            self.text_backbone.set_trainable(False)
             n_layers, n = self.text_backbone.encoder.config.num_hidden_layers, cfg.text_adapters
             self.text_taps = [round(i * n_layers / n) for i in range(n + 1)]  # e.g. 0, 2, 4, 6 for MiniLM-L6
         self.encoders = nn.ModuleDict({
@@ -457,4 +461,4 @@ class KuDA(MSAModel):
                 set_trainable([e.inject for e in self.encoders.values()] +
                               [e.decoder for e in self.encoders.values()] + [self.estimate], False)
         if self.text_backbone is not None:  # the reference fine-tunes BERT in stage 2; an option here (CPU cost)
-            set_trainable([self.text_backbone], stage == "fusion" and self.cfg.finetune_backbone)
+            self.text_backbone.set_trainable(stage == "fusion" and self.cfg.finetune_backbone)

@@ -11,6 +11,7 @@ from ..config import TrainConfig
 from ..data.corrupt import modality_dropout
 from ..metrics import lower_is_better, score_metrics
 from ..models import MSAModel
+from ..models.blocks import is_lora_weight
 
 
 class LitMSA(L.LightningModule):
@@ -82,8 +83,11 @@ class LitMSA(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.train_cfg
-        backbone = [p for n, p in self.model.named_parameters() if n.startswith("text_backbone.") and p.requires_grad]
-        rest = [p for n, p in self.model.named_parameters() if not n.startswith("text_backbone.") and p.requires_grad]
+        # pretrained backbone weights at backbone_lr; new weights (LoRA adapters included) at lr
+        pretrained = {n for n, _ in self.model.named_parameters() if n.startswith("text_backbone.")
+                      and not is_lora_weight(n)}
+        backbone = [p for n, p in self.model.named_parameters() if n in pretrained and p.requires_grad]
+        rest = [p for n, p in self.model.named_parameters() if n not in pretrained and p.requires_grad]
         groups = [{"params": rest, "lr": cfg.lr}]
         if backbone:
             groups.append({"params": backbone, "lr": cfg.backbone_lr})

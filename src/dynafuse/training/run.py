@@ -373,7 +373,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def check_resume(run: RunDir, cfg: DictConfig, lit: LitMSA) -> None:
     """A resumed run must be the same run: the same config as its config.yaml (but for RESUMABLE_CHANGES), and
     its last checkpoint must fit the model. Either mismatch is one ConfigError line, before training."""
-    saved, new = _flat(run.raw_config()), _flat(to_dict(cfg))
+    # read through the schema: a key added to dynafuse since the run started takes its default there
+    saved, new = _flat(to_dict(run_config(run))), _flat(to_dict(cfg))
     changed = [k for k in sorted(set(saved) | set(new))
                if saved.get(k, "<unset>") != new.get(k, "<unset>") and k not in RESUMABLE_CHANGES]
     if changed:
