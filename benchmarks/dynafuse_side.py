@@ -335,6 +335,8 @@ def kuda_reference(ref_dir: Path, value_range: float) -> tuple[dict | None, dict
                                                                     for r in ok]}
                           for rule, rows in scored.items()},
                    valid_mae_curve=np.mean([[e["MAE"] for e in r["valid_curve"]] for r in ok], 0).tolist(),
+                   trainpath_gap=[float(np.max(np.abs(np.subtract(r["selected"]["test_pred"],
+                                                                  r["selected"]["test_pred_trainpath"])))) for r in ok],
                    options=ok[0]["options"])
     fusion_epochs = sum(r["fusion"]["epochs"] for r in ok)
     mods = knowledge["modalities"].values()
@@ -430,15 +432,19 @@ def report_kuda(work: Path, out_stem: Path, dataset: str) -> None:
             agg = ref["rules"][rule]["agg"]
             md.append(f"| {name} | {format_mean_std(agg, 'mae', 3)} | {format_mean_std(agg, 'corr', 3)} | "
                       f"{', '.join(map(str, ref['rules'][rule]['epochs']))} |")
+        md.append(f"\nThe two fusion paths' test predictions differ by at most {max(ref['trainpath_gap']):.4f} "
+                  "(largest absolute difference at the selected epochs, over seeds).")
         curve = ", ".join(f"{v:.3f}" for v in ref["valid_mae_curve"])
         md.append(f"\nReference valid MAE by fusion epoch (mean over seeds): {curve}.\n")
         md.append("**The reference's knowledge stage** (its own metric code, which clips to [-1, 1]; the last "
                   "epoch, which is the checkpoint it keeps):\n")
-        md += ["| modality | epochs | valid MAE | valid Corr | test MAE | test Corr | CPU s |", "|---|---|---|---|---|---|---|"]
+        md += ["| modality | epochs | valid MAE | valid Corr | test MAE | test Corr | lowest valid MAE (epoch) | CPU s |",
+               "|---|---|---|---|---|---|---|---|"]
         for m, s in k["modalities"].items():
             v, t = s["last"]["evaluate"], s["last"]["test"]
+            best = int(np.argmin([e["MAE"] for e in s["valid_curve"]]))
             md.append(f"| {m} | {s['epochs']} | {v['MAE']:.3f} | {v['Corr']:.3f} | {t['MAE']:.3f} | {t['Corr']:.3f} | "
-                      f"{s['cpu_seconds']:.0f} |")
+                      f"{s['valid_curve'][best]['MAE']:.3f} ({best + 1}) | {s['cpu_seconds']:.0f} |")
     if ref.get("failed"):
         md.append("\nFailed reference seeds: " + "; ".join(f"seed {s}: {e}" for s, e in ref["failed"].items()))
     md.append("\nData given to both sides: " + "; ".join(info["notes"]) + f"; vision missing (no face) in "
