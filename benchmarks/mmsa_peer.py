@@ -18,66 +18,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
-import venv
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "benchmarks"
-WORK = BENCH / "work"
+from peer_common import BENCH, OUR_PY, TORCH, WORK, ensure_venv, step
+
 MMSA_VENV = BENCH / ".venv-mmsa"
-OUR_PY = ROOT / ".venv" / "bin" / "python"
 MMSA_PY = MMSA_VENV / "bin" / "python"
-TORCH = "torch==2.13.0"  # the CPU wheel this machine carries; any other spec pulls GBs of CUDA packages
 MMSA = "mmsa==2.2.1"
 MMSA_DEPS = ["transformers>=4.4.0", "numpy>=1.20.3", "pandas>=1.2.5", "tqdm>=4.62.2", "nvidia-ml-py3>=7.352.0",
              "scikit-learn>=0.24.2", "easydict>=1.9"]  # MMSA's requirements without torch (for --no-deps)
 MODELS = ["tfn", "lmf", "lf_dnn", "ef_lstm", "mfn", "graph_mfn", "mult", "mfm"]
 OURS_TIMED = ["early_fusion", "kuda"]
 DATASETS = ["mosi", "mosi-bclstm"]
-ENV = {**os.environ, "DYNAFUSE_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-       "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def step(name: str, cmd: list, log: Path) -> int:
-    """Run one child process, its output to `log`; return its exit code."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-    with open(log, "w") as f:
-        code = subprocess.call([str(c) for c in cmd], cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT)
-    print(f"    {'done' if code == 0 else f'FAILED (exit {code}, see {log})'} in {time.time() - t0:.0f} s", flush=True)
-    return code
-
-
-def pip(*args: str) -> None:
-    subprocess.check_call([str(MMSA_PY), "-m", "pip", "install", "-q", *args], env=ENV)
-
-
-def torch_version() -> str:
-    return subprocess.check_output([str(MMSA_PY), "-c", "import torch; print(torch.__version__)"], text=True).strip()
 
 
 def ensure_mmsa_venv() -> None:
-    """Create benchmarks/.venv-mmsa once; torch first, then MMSA with torch pinned so pip cannot replace it."""
-    ready = MMSA_VENV / ".ready"
-    if ready.exists():
-        return
-    print(f"creating {MMSA_VENV} ...", flush=True)
-    venv.create(MMSA_VENV, with_pip=True)
-    pip(TORCH)
-    try:
-        pip(MMSA, TORCH)
-    except subprocess.CalledProcessError:  # its requirements would move torch: install it without them
-        pip("--no-deps", MMSA)
-        pip(*MMSA_DEPS, TORCH)
-    if not torch_version().startswith("2.13.0"):
-        sys.exit(f"torch changed to {torch_version()} in {MMSA_VENV}; refusing to go on")
-    subprocess.check_call([str(MMSA_PY), "-c", "import MMSA"], env=ENV)
-    ready.write_text(torch_version() + "\n")
+    """benchmarks/.venv-mmsa, once: MMSA with torch pinned; if that cannot resolve, MMSA without its
+    requirements plus the requirements other than torch."""
+    ensure_venv(MMSA_VENV, [MMSA], fallback=[["--no-deps", MMSA], [*MMSA_DEPS, TORCH]], check_import="MMSA")
 
 
 def convert(dataset: str) -> Path:

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dynafuse.config import build_config
 from dynafuse.data import load_dataset
 from dynafuse.data.text import attach_text, backbone_path
-from dynafuse.io import atomic_write_json, atomic_write_text
+from dynafuse.files import atomic_write_json, atomic_write_text
+from dynafuse.training import build_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import Ridge
 
-from dynafuse.config import build_config
 from dynafuse.data import load_dataset
 from dynafuse.data.text import backbone_path
-from dynafuse.io import atomic_write_text
+from dynafuse.files import atomic_write_text
 from dynafuse.metrics import compute_metrics
+from dynafuse.training import build_config
 from dynafuse.training.run import prepare_data
 
 ALPHAS = (0.1, 0.3, 1, 3, 10, 30, 100)
