@@ -38,4 +38,5 @@ def test_rate_and_duration():
     assert rate_text(10, 2.0, "clips") == "5.0 clips/s"
     assert rate_text(2, 9.0, "epochs") == "4.5 s/epoch"
     assert rate_text(0, 1.0, "clips") == ""
+    assert rate_text(2, 9.0, "passes") == "4.5 s/pass" and rate_text(1, 3.0, "batches") == "3.0 s/batch"
     assert (duration(42), duration(185), duration(3840)) == ("42s", "3m05s", "1h04m")

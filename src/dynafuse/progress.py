@@ -37,12 +37,19 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def singular(unit: str) -> str:
+    """`epochs` -> `epoch`, `passes` -> `pass`, `sentences` -> `sentence`."""
+    if unit.endswith(("sses", "shes", "ches", "xes")):
+        return unit[:-2]
+    return unit[:-1] if unit.endswith("s") and not unit.endswith("ss") else unit
+
+
 def rate_text(done: float, seconds: float, unit: str) -> str:
     """`41.2 sentences/s`, or `2.3 s/epoch` for slow steps."""
     if done <= 0 or seconds <= 0:
         return ""
     per_second = done / seconds
-    return f"{per_second:.1f} {unit}/s" if per_second >= 1 else f"{seconds / done:.1f} s/{unit.rstrip('s')}"
+    return f"{per_second:.1f} {unit}/s" if per_second >= 1 else f"{seconds / done:.1f} s/{singular(unit)}"
 
 
 class Lines:
