@@ -78,7 +78,12 @@ def verdict(roots: list[str], reference: Path) -> dict:
         for g in sorted((g for g in mine if role(g) == "static"), key=lambda g: g["agg"]["mae"]["mean"]):
             rows.append({"against": name(g), "mae": ms(g, "mae")[0], "corr": ms(g, "corr")[0], "seeds": g["n_seeds"],
                          **compare(best, ms(g, "mae"), ms(g, "corr"), False)})
+        # each dynamic model against its own switched-off variants (the papers' claim, model by model)
+        pairs = [{"dynamic": name(d), "against": name(g), "seeds": f"{d['n_seeds']} / {g['n_seeds']}",
+                  "mae": ms(g, "mae")[0], "corr": ms(g, "corr")[0], **compare(d, ms(g, "mae"), ms(g, "corr"), False)}
+                 for d in dyn for g in mine if role(g) == "static" and g["model"] == d["model"]]
         out[inp] = {"best": name(best), "seeds": best["n_seeds"], "mae": ms(best, "mae"), "corr": ms(best, "corr"),
+                    "pairs": pairs,
                     "dynamic": {name(g): {"mae": ms(g, "mae"), "corr": ms(g, "corr"), "seeds": g["n_seeds"]}
                                 for g in dyn},
                     "rows": rows, "beats_all": all(r["beats"] for r in rows)}
@@ -104,6 +109,15 @@ def markdown(v: dict, command: str) -> str:
         md += [md_table(header, body), ""]
         others = ", ".join(f"{k} {d['mae'][0]:.3f} / {d['corr'][0]:.3f}" for k, d in r["dynamic"].items())
         md += [f"Every dynamic model (MAE / Corr): {others}.", ""]
+        if r["pairs"]:
+            md += ["Each dynamic model against its own variants with the dynamic part switched off:", ""]
+            dyn = {k: d for k, d in r["dynamic"].items()}
+            body = [[x["dynamic"], x["against"], x["seeds"], f"{dyn[x['dynamic']]['mae'][0]:.3f} / {x['mae']:.3f}",
+                     f"{dyn[x['dynamic']]['corr'][0]:.3f} / {x['corr']:.3f}",
+                     f"{x['d_mae']:+.3f} ({x['need_mae']:.3f})", f"{x['d_corr']:+.3f} ({x['need_corr']:.3f})",
+                     "yes" if x["beats"] else "no"] for x in r["pairs"]]
+            md += [md_table(["dynamic", "switched off", "seeds", "MAE", "Corr", "ΔMAE (needed)", "ΔCorr (needed)",
+                             "dynamic better by > 1 std on both"], body), ""]
     return "\n".join(md)
 
 
