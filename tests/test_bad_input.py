@@ -778,3 +778,43 @@ def test_experiment_passes_allow_pickle_to_its_transfer_evaluations(tmp_path):
     assert args[:4] == ["transfer", str(tmp_path), "--dataset", "mult:/b.pkl"] and "--allow-pickle" in args
     plain = Cell("daf", "mosi", 0, evaluate={"transfer": ["sims"]})
     assert "--allow-pickle" not in evaluations(plain, tmp_path, None)[0][1]
+
+
+# --------------------------------------------------------------------------- found by a fresh-clone pass
+
+def test_non_finite_numbers_and_unknown_strategy_are_refused_with_the_config(data_dir):
+
+
+    for bad, what in (("train.lr=inf", "finite"), ("train.lr=-inf", "finite"), ("train.strategy=ddpx", "strategy")):
+        with pytest.raises(ConfigError, match=what):
+            build_config("early_fusion", "mosi", [bad, f"data.data_dir={data_dir}"])
+
+
+def test_training_that_diverges_is_one_line(data_dir, tmp_path):
+    from dynafuse.training import build_config, train
+
+    cfg = build_config("early_fusion", "mosi", [f"data.data_dir={data_dir}", "data.limit=64", "train.max_epochs=1",
+                                                "train.progress=false", "train.lr=1e30"])
+    with pytest.raises(DynafuseError, match="training diverged"):
+        train(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("seeds", [[-1], [0, 0], 1.5])
+def test_experiment_seeds_must_be_distinct_and_not_negative(tmp_path, seeds):
+    from dynafuse.experiments.runner import load_experiment
+
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({"seeds": seeds, "grid": [{"models": ["daf"], "datasets": ["mosi"]}]}))
+    with pytest.raises(ConfigError, match="seeds"):
+        load_experiment(path)
+
+
+def test_path_dataset_that_is_a_file_or_empty(tmp_path):
+    from dynafuse.data.formats import read_path
+
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        read_path(f)
+    with pytest.raises(DataError, match="empty path"):
+        read_path("")

@@ -158,7 +158,7 @@ def test_done_once_and_other_data_refused(mmsa_file, tmp_path, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match=r"holds other data \(notes.txt\)"):
         converted("mosi", tmp_path / "mine")
-    with pytest.raises(ConfigError, match="already a dynafuse folder"):
+    with pytest.raises(ConfigError, match="already in the format convert writes"):
         converted(f"path:{out}", tmp_path / "again")
     with pytest.raises(ConfigError, match="convert takes only data.options"):
         convert_settings("mosi", ["train.lr=0.1"])

@@ -257,3 +257,26 @@ def test_faces_in_rotated_videos_read_as_upright(media_clips, clips, face, name)
     assert np.abs(points(got) - points(want)).mean() < 0.05  # unit-RMS-radius landmarks
     happy = EXPRESSIONS.index("happy")
     assert (got.values[:n][both, 1434:].argmax(1) == happy).mean() >= 0.5
+
+
+def test_a_cut_file_is_refused_even_when_nothing_is_decoded(tmp_path, data_dir):
+    """A real MOSI clip remuxed with its index first (`+faststart`, as streamed mp4s are) and cut at 53%: a run that
+    decodes nothing (text only, transcript given) still gets the one-line truncation error, not a score."""
+    import shutil
+    import subprocess
+
+    from dynafuse.media.decode import open_media
+
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("ffmpeg not installed")
+    src = data_dir.parent / "media" / "real" / "mosi_Sqr0AcuoNnk_12.mp4"
+    whole, cut = tmp_path / "faststart.mp4", tmp_path / "cut.mp4"
+    subprocess.run([ffmpeg, "-loglevel", "error", "-y", "-i", str(src), "-c", "copy", "-movflags", "+faststart",
+                    str(whole)], check=True)
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.53)])
+    with open_media(whole, video=False, audio=False) as m:
+        list(m.events())  # the whole file passes
+    with pytest.raises(MediaError, match="truncated") as err, open_media(cut, video=False, audio=False) as m:
+        list(m.events())
+    assert err.value.path == str(cut)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -63,6 +64,8 @@ def _problem(value, check) -> str | None:
         return None if value in args[0] else f"must be one of {', '.join(map(str, args[0]))}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None  # a type problem, which OmegaConf reports
+    if not math.isfinite(value):
+        return "must be a finite number"
     if kind == "gt" and not value > args[0]:
         return f"must be > {args[0]}"
     if kind == "ge" and not value >= args[0]:
@@ -185,7 +188,7 @@ class TrainConfig:
     accelerator: str = one_of("auto", "auto", "cpu", "gpu", "cuda", "mps", "tpu")
     devices: Any = "auto"  # an int, or "auto"
     num_nodes: int = positive(1, "machines of a multi-node DDP run (README: Multi-node)")
-    strategy: str = "auto"  # e.g. ddp for data parallel over several processes
+    strategy: str = "auto"  # a Lightning strategy name (training.build_config checks it), e.g. ddp
     precision: str = one_of("32-true", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
                             doc="bf16-mixed: bfloat16 autocast (GPUs with bf16, recent CPUs); 16-mixed: fp16 (GPU)")
     # torch CPU threads per process: N, or auto (the cores free now); null: $DYNAFUSE_THREADS, else 1 (see

@@ -238,7 +238,8 @@ def convert(src: str, out: str | Path, data_dir: str | Path | None = None, optio
     `out` holds other data or the source cannot be read (each naming the file)."""
     started = time.perf_counter()
     if src.startswith("path:"):
-        raise ConfigError(f"{src} is already a dynafuse folder: train on it with --dataset {src}")
+        raise ConfigError(f"{src}: a path: folder is already in the format convert writes (a dataset folder made "
+                          "by extract or convert trains as it is); nothing to convert")
     out, options = Path(out).expanduser(), dict(options or {})
     source = _source(src, data_dir, options, value_range)
     held = _target(out, source)

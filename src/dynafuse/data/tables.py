@@ -20,9 +20,16 @@ SPLITS = ("train", "valid", "test")
 
 
 def existing(path: str | Path, what: str = "file") -> Path:
+    """`path` as a Path; DataError when it is empty, missing, or a file where a folder is wanted (and back)."""
+    if not str(path).strip():
+        raise DataError(f"empty path: give the {what}")
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"no such {what}", p)
+    if what == "folder" and not p.is_dir():
+        raise DataError("is a file, not a folder", p)
+    if what == "file" and p.is_dir():
+        raise DataError("is a folder, not a file", p)
     return p
 
 

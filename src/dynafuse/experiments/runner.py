@@ -96,6 +96,14 @@ def listed(value, key: str, source: object, kind: type = str, required: bool = F
     return items
 
 
+def seed_list(value, key: str, source: object) -> list[int]:
+    """Seeds: a non-empty list of distinct integers >= 0 (a repeated seed would train one folder twice)."""
+    seeds = listed(value, key, source, int, required=True)
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{key} must be distinct integers >= 0, not {value!r}", source)
+    return seeds
+
+
 def overrides_list(value, key: str, source: object) -> list[str]:
     """A list of `key.path=value` strings."""
     items = listed(value, key, source)
@@ -116,7 +124,7 @@ def _block(entry: object, where: str, p: Path) -> dict:
     if entry.get("preset") is not None:  # `preset: 2501.08085` is a YAML number: the name is its text
         out["preset"] = entry["preset"] if isinstance(entry["preset"], str) else str(entry["preset"])
     if "seeds" in entry:
-        out["seeds"] = listed(entry["seeds"], f"{where}.seeds", p, int, required=True)
+        out["seeds"] = seed_list(entry["seeds"], f"{where}.seeds", p)
     if entry.get("task", "regression") not in TASKS:
         raise ConfigError(f"{where}.task must be one of {', '.join(TASKS)}, not {entry['task']!r}", p)
     variants = entry.get("variants") or {"": []}
@@ -165,7 +173,7 @@ def load_experiment(path: str | Path) -> dict:
     if not isinstance(spec.get("grid"), list) or not spec["grid"]:
         raise ConfigError("an experiment needs a 'grid': a list of blocks (models, datasets, ...)", p)
     spec["grid"] = [_block(entry, f"grid[{i}]", p) for i, entry in enumerate(spec["grid"])]
-    spec["seeds"] = listed(spec.get("seeds", [0]), "seeds", p, int, required=True)
+    spec["seeds"] = seed_list(spec.get("seeds", [0]), "seeds", p)
     spec["overrides"] = overrides_list(spec.get("overrides"), "overrides", p)
     for key, kind in (("out", str), ("report", str), ("workers", int), ("cpus_per_cell", (int, float))):
         if spec.get(key) is not None and (not isinstance(spec[key], kind) or isinstance(spec[key], bool)

@@ -100,6 +100,18 @@ class MediaStream:
         except (self.av.error.FFmpegError, OSError, EOFError) as e:
             raise MediaError(f"cannot decode (corrupt, truncated or not a media file): {e}", self.path) from None
 
+    def _check_packets(self) -> None:
+        """Read every packet without decoding it: a file cut short (its packets stop well before the length its
+        header states) raises MediaError, as a decoded one does."""
+        streams = [s for s in (self.a_stream, self.v_stream) if s is not None]
+        start = (self.container.start_time or 0) / 1e6
+        end = {s.index: 0.0 for s in streams}
+        for packet in self._guard(lambda: self.container.demux(*streams)):
+            if packet.stream.index in end:
+                end[packet.stream.index] = max(end[packet.stream.index], _packet_end(packet) - start)
+        for s in streams:
+            _check_complete(self.path, s, end[s.index])
+
     def events(self) -> Iterator[tuple[str, float, np.ndarray]]:
         wanted = [s for s, on in ((self.a_stream, self.decode_audio), (self.v_stream, self.decode_video)) if on]
         start = (self.container.start_time or 0) / 1e6  # AV_TIME_BASE is microseconds
@@ -107,7 +119,10 @@ class MediaStream:
         mono = _MonoResampler(self.av, self.sample_rate)
         for s in wanted:
             s.thread_type = "AUTO"  # frame-threaded video decoding; harmless for audio
-        packets = self._guard(lambda: self.container.demux(*wanted)) if wanted else iter(())
+        if not wanted:  # nothing to decode (e.g. a text-only run with a given transcript): still refuse a cut file
+            self._check_packets()
+            return
+        packets = self._guard(lambda: self.container.demux(*wanted))
         while True:
             packet = self._guard(lambda: next(packets, None))
             if packet is None:
@@ -171,6 +186,13 @@ class _MonoResampler:
         out = np.clip(np.concatenate(parts), -1, 1).astype(np.float32) if parts else np.zeros(0, np.float32)
         self.count += len(out)
         return start / self.resampler.rate, out
+
+
+def _packet_end(packet) -> float:
+    """Where a demuxed packet ends, in seconds (0 without timing)."""
+    if packet.pts is None or packet.time_base is None:
+        return 0.0
+    return float((packet.pts + (packet.duration or 0)) * packet.time_base)
 
 
 def _check_complete(path: Path, stream, decoded_seconds: float) -> None:

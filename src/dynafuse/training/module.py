@@ -9,6 +9,7 @@ import torch
 from .. import losses
 from ..config import TrainConfig
 from ..data.corrupt import modality_dropout
+from ..errors import DynafuseError
 from ..metrics import lower_is_better, score_metrics
 from ..models import MSAModel
 from ..models.blocks import is_lora_weight
@@ -68,6 +69,9 @@ class LitMSA(L.LightningModule):
         if self.trainer.world_size > 1:  # every rank saw part of valid: gather, drop sampler padding duplicates
             idx, pred, y = (self.all_gather(t).flatten() for t in (idx, pred, y))
         keep = np.unique(idx.cpu().numpy(), return_index=True)[1]
+        if not torch.isfinite(pred).all():  # diverged: say so in one line, not as a metric's ValueError
+            raise DynafuseError(f"training diverged: NaN/Inf predictions on valid after epoch {self.current_epoch} "
+                                f"(train.lr={self.train_cfg.lr}); lower train.lr or set train.grad_clip")
         m = score_metrics(pred.cpu().numpy()[keep], y.cpu().numpy()[keep], self.model.task, self.value_range)
         self.log_dict({f"valid/{k}": float(v) for k, v in m.items() if k != "n"}, prog_bar=False)
         self.log("valid_score", float(m[self.monitor_key()]), prog_bar=True)

@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import compose, count_or_auto, dump, load_run_config, stage_train, to_dict
@@ -63,6 +64,10 @@ def build_config(model: str, dataset: str, overrides: list[str] | dict | None = 
     cfg = compose(model_config(model), model, dataset, overrides, config_file, preset)
     if cfg.train.monitor not in MONITORS:
         raise ConfigError(f"train.monitor={cfg.train.monitor!r} is not a metric; choose one of {', '.join(MONITORS)}")
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    if cfg.train.strategy not in strategies:
+        raise ConfigError(f"train.strategy={cfg.train.strategy!r} is not a Lightning strategy; choose one of "
+                          + ", ".join(sorted(strategies)))
     return cfg
 
 
