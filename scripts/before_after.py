@@ -32,15 +32,21 @@ def main() -> None:
     lines = [f"Before: `{a.before}`; after: `{a.after}` (test split, mean ± std over seeds, seeds in brackets). "
              f"From `python scripts/before_after.py`.", "",
              "| dataset | model | metric | before | after |", "|---|---|---|---|---|"]
+    waiting = []  # groups of these models not retrained yet: one line, not rows of blanks
     for key in sorted(set(before) | set(after)):
         dataset, task, model, _ = key
         if model not in a.models:
             continue
         b, n = before.get(key), after.get(key)
+        if n is None:
+            waiting.append(f"{dataset}{'' if task == 'regression' else f' ({task})'} {label(b)}")
+            continue
         for k in KEYS[task]:
             show = [f"{cell(g['agg'], k)} ({g['n_seeds']})" if g and k in g["agg"] else "" for g in (b, n)]
             lines.append(f"| {dataset}{'' if task == 'regression' else f' ({task})'} | {label((b or n))} | {k} | "
                          f"{show[0]} | {show[1]} |")
+    if waiting:
+        lines += ["", f"Not retrained yet (their before numbers are in `{a.before}`): {', '.join(waiting)}."]
     md = "\n".join(lines) + "\n"
     atomic_write_text(Path(a.out).with_suffix(".md"), md)
     print(md)
