@@ -26,9 +26,9 @@ from dynafuse.files import atomic_write_json, atomic_write_text
 ROOT = Path(__file__).resolve().parents[1]
 DYNAMIC = ("daf", "kuda", "dpdf_lq", "crosssent")
 STATIC_MODELS = ("early_fusion", "late_fusion", "attention_fusion")
-STATIC_VARIANTS = {"static", "static-attention", "no-knowledge", "wo-gate", "wo-gmra", "pred_t-static"}
+STATIC_VARIANTS = {"static", "static-attention", "no-knowledge", "wo-gate", "wo-gmra"}  # after the pred_t prefix
 STACKER = "linear stacker of the three scores, fitted on valid"
-INPUTS = {"transcript": "", "pred_t": "pred_t"}  # the variant prefix each text input's runs carry
+INPUTS = ("transcript", "pred_t")  # the text inputs; a pred_t run's variant starts with "pred_t"
 
 
 def input_of(variant: str) -> str:
@@ -40,8 +40,7 @@ def role(g: dict) -> str | None:
     v = g["variant"].removeprefix("pred_t").lstrip("-")
     if g["model"] in DYNAMIC and v in ("", "old-preset"):
         return "dynamic"
-    if (g["model"] in STATIC_MODELS and not v) or (g["model"] in DYNAMIC and (v in STATIC_VARIANTS
-                                                                               or g["variant"] in STATIC_VARIANTS)):
+    if (g["model"] in STATIC_MODELS and not v) or (g["model"] in DYNAMIC and v in STATIC_VARIANTS):
         return "static"
     return None
 
@@ -111,7 +110,7 @@ def markdown(v: dict, command: str) -> str:
         md += [f"Every dynamic model (MAE / Corr): {others}.", ""]
         if r["pairs"]:
             md += ["Each dynamic model against its own variants with the dynamic part switched off:", ""]
-            dyn = {k: d for k, d in r["dynamic"].items()}
+            dyn = r["dynamic"]
             body = [[x["dynamic"], x["against"], x["seeds"], f"{dyn[x['dynamic']]['mae'][0]:.3f} / {x['mae']:.3f}",
                      f"{dyn[x['dynamic']]['corr'][0]:.3f} / {x['corr']:.3f}",
                      f"{x['d_mae']:+.3f} ({x['need_mae']:.3f})", f"{x['d_corr']:+.3f} ({x['need_corr']:.3f})",

@@ -169,10 +169,7 @@ class RunDir:
         """Hold the folder's lock (`.lock`, an OS file lock that dies with its process) for a training run; a
         second holder gets one DynafuseError line naming the process that has it. A folder made only for the lock
         (the training failed before writing anything) is removed again: nothing partly written is left.
-        In a distributed run only global rank 0 takes the lock: the other ranks are its own workers."""
-        if any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK")):
-            yield self
-            return
+        In a distributed run only rank 0 calls it (`training.run.train`: the other ranks are its workers)."""
         made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         lock, owner = FileLock(self.path / ".lock"), self.path / ".lock.owner"
