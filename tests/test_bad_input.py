@@ -818,3 +818,27 @@ def test_path_dataset_that_is_a_file_or_empty(tmp_path):
         read_path(f)
     with pytest.raises(DataError, match="empty path"):
         read_path("")
+
+
+def test_a_run_folder_given_as_a_dataset_is_named_as_such(capsys, text_run, tmp_path):
+    """A training's output folder where a dataset is wanted (train --dataset path:RUN, convert path:RUN): one line
+    saying it is a run folder, not a missing meta.json or "already converted"."""
+    for argv in (["train", "--model", "early_fusion", "--dataset", f"path:{text_run}", "--out", tmp_path / "r"],
+                 ["convert", f"path:{text_run}", "--out", tmp_path / "c"]):
+        cli_error(capsys, argv, text_run, "a run folder", "not a dataset")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--model", "daf"], ["dynafuse train: error:", "--dataset", "dynafuse train --help"]),
+    (["trian"], ["dynafuse: error:", "invalid choice: 'trian'"]),
+    (["robust", "some/run", "--levels"], ["dynafuse robust: error:", "--levels"]),
+])
+def test_command_line_mistakes_are_one_line(capsys, argv, words):
+    """argparse's own errors read like the project's: one line, no usage block above it."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    for w in words:
+        assert w in err[0], (w, err[0])

@@ -243,3 +243,18 @@ def test_checkpoint_dims_mismatch_is_a_clear_error(data_dir, tmp_path):
         load_run(tmp_path)
     r = cli("eval", "--run", str(tmp_path))
     assert r.returncode == 2 and "does not fit" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_failed_training_leaves_no_empty_folders(tmp_path):
+    """A run folder made only to hold the lock goes again, with the parents made for it (./runs/ when no --out was
+    given), and a parent that already held something stays."""
+    from dynafuse.training.rundir import RunDir
+
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "other.txt").write_text("x")
+    for out, gone, stays in ((tmp_path / "runs/mosi/early", tmp_path / "runs", tmp_path),
+                             (tmp_path / "kept/new/run", tmp_path / "kept/new", tmp_path / "kept")):
+        with pytest.raises(RuntimeError):
+            with RunDir(out).lock():
+                raise RuntimeError("the training failed before writing anything")
+        assert not gone.exists() and stays.is_dir()

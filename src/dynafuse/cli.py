@@ -252,9 +252,17 @@ def whole(low: int):
     return parse
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors: `dynafuse CMD: error: ... (dynafuse CMD --help)`, no usage
+    block above it. Sub-command parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dynafuse", description="Dynamic multimodal fusion for sentiment analysis")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = Parser(prog="dynafuse", description="Dynamic multimodal fusion for sentiment analysis")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     sub.add_parser("models", help="list registered models").set_defaults(fn=cmd_models)
     sub.add_parser("datasets", help="list registered datasets and readable formats").set_defaults(fn=cmd_datasets)
     t = sub.add_parser("train", help="train one run, select on valid, test once")

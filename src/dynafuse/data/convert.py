@@ -42,7 +42,7 @@ from ..config import PRESETS, RunConfig, dataset_preset_name, merge_layer, parse
 from ..errors import ConfigError, DataError
 from ..files import atomic_save_npy, atomic_write, atomic_write_csv, atomic_write_json
 from .core import Bundle, row_chunks
-from .formats import FEATURES_FORMAT, watch_reads
+from .formats import FEATURES_FORMAT, RUN_FOLDER, is_run_folder, watch_reads
 from .registry import load_dataset, source_files
 from .tables import SPLITS, UNI_COLUMNS
 
@@ -235,8 +235,10 @@ def convert(src: str, out: str | Path, data_dir: str | Path | None = None, optio
     `done_before` is true when `out` already held this very conversion (nothing is written).
 
     Raises ConfigError for a `path:` source (already this format) or an unknown dataset or option, DataError when
-    `out` holds other data or the source cannot be read (each naming the file)."""
+    `out` holds other data, the source is a run folder or cannot be read (each naming the file)."""
     started = time.perf_counter()
+    if src.startswith("path:") and is_run_folder(Path(src[5:]).expanduser()):
+        raise DataError(RUN_FOLDER, src[5:])
     if src.startswith("path:"):
         raise ConfigError(f"{src}: a path: folder is already in the format convert writes (a dataset folder made "
                           "by extract or convert trains as it is); nothing to convert")

@@ -298,7 +298,18 @@ def read_misa(path: str | Path, allow_pickle: bool = False, split: str | None = 
 FEATURES_FORMAT = "dynafuse-features"
 
 
+RUN_FOLDER = "a run folder (a training's output), not a dataset; its config.yaml names the dataset it trained on"
+
+
+def is_run_folder(folder: Path) -> bool:
+    """True for a training's output folder (config.yaml beside run.json or checkpoints/), which a user may give
+    where a dataset folder is wanted."""
+    return (folder / "config.yaml").is_file() and ((folder / "run.json").is_file() or (folder / "checkpoints").is_dir())
+
+
 def _features_meta(path: Path) -> dict:
+    if not path.exists() and is_run_folder(path.parent):
+        raise DataError(RUN_FOLDER, path.parent)
     try:
         meta = json.loads(existing(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -168,9 +168,11 @@ class RunDir:
     def lock(self):
         """Hold the folder's lock (`.lock`, an OS file lock that dies with its process) for a training run; a
         second holder gets one DynafuseError line naming the process that has it. A folder made only for the lock
-        (the training failed before writing anything) is removed again: nothing partly written is left.
+        (the training failed before writing anything) is removed again, with the parent folders made for it (./runs/):
+        nothing partly written is left.
         In a distributed run only rank 0 calls it (`training.run.train`: the other ranks are its workers)."""
-        made = not self.path.exists()
+        # the folders this call creates (the run folder and any missing parents, e.g. ./runs/)
+        made = [d for d in (self.path, *self.path.parents) if not d.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
         lock, owner = FileLock(self.path / ".lock"), self.path / ".lock.owner"
         try:
@@ -187,7 +189,10 @@ class RunDir:
             lock.release()
             if made and {p.name for p in self.path.iterdir()} <= {".lock"}:
                 (self.path / ".lock").unlink(missing_ok=True)
-                self.path.rmdir()
+                for folder in made:   # innermost first; stop at one something else has written into
+                    if any(folder.iterdir()):
+                        break
+                    folder.rmdir()
 
     def clear_results(self) -> None:
         """Before training again (--force): remove the finished marker first, then the other results."""
