@@ -4,6 +4,8 @@ level or inside a function) goes to the same layer or one below, and no two modu
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,18 @@ def test_no_private_names_across_modules():
                 bad += [f"{module_name(p)}: {a.name}" for a in node.names
                         if a.name.startswith("_") and not a.name.endswith("__")]  # __version__ is public
     assert not bad, bad
+
+
+def test_bad_settings_and_run_paths_are_reported_before_lightning_is_imported():
+    """A wrong model name or setting, or a wrong run folder, is reported before the trainer (Lightning, seconds to
+    import) is loaded: the checks live below it."""
+    code = ("import sys\n"
+            "from dynafuse.cli import main\n"
+            "codes = [main(['train', '--model', 'daff', '--dataset', 'mosi']),\n"
+            "         main(['train', '--model', 'daf', '--dataset', 'mosi', 'train.lr=fast']),\n"
+            "         main(['robust', 'no/such/run']), main(['eval', '--run', 'no/such/run'])]\n"
+            "assert codes == [2, 2, 2, 2], codes\n"
+            "assert not any(m == 'lightning' or m.startswith('lightning.') for m in sys.modules), 'lightning imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("dynafuse: error:") == 4, done.stderr

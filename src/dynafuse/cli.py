@@ -65,7 +65,7 @@ def cmd_datasets(_):
 
 def cmd_train(a):
     from .files import safe_name
-    from .training import build_config, train
+    from .training import build_config
 
     overrides = list(a.overrides)
     overrides += [f"train.seed={a.seed}"] if a.seed is not None else []  # else train.seed (default 0) stands
@@ -75,6 +75,8 @@ def cmd_train(a):
     if a.allow_pickle:
         overrides.append("data.options.allow_pickle=true")
     cfg = build_config(a.model, a.dataset, overrides, a.config, a.preset)
+    from .training import train  # after the settings are checked: importing Lightning takes seconds
+
     out = Path(a.out or f"runs/{a.model}-{safe_name(a.dataset)}-s{cfg.train.seed}")
     metrics = train(cfg, out, resume=a.resume, force=a.force)
     if metrics:
@@ -129,7 +131,16 @@ def cmd_tune(a):
     print("overrides: " + " ".join(best["overrides"]))
 
 
+def finished_run(path) -> None:
+    """Check a run folder before the trainer is imported (Lightning takes seconds): the same one-line errors as
+    loading it (not a run folder, not finished, a broken run.json), at once."""
+    from .training import RunDir
+
+    RunDir(path).info()
+
+
 def cmd_eval(a):
+    finished_run(a.run)
     from .training import evaluate_run
 
     metrics = evaluate_run(a.run, allow_pickle=a.allow_pickle)
@@ -137,6 +148,7 @@ def cmd_eval(a):
 
 
 def cmd_robust(a):
+    finished_run(a.run)
     from .experiments.robustness import parse_levels, print_robustness, robustness_run
 
     result = robustness_run(a.run, split=a.split, seed=a.seed, levels=parse_levels(a.levels) if a.levels else None)
@@ -145,6 +157,7 @@ def cmd_robust(a):
 
 
 def cmd_transfer(a):
+    finished_run(a.run)
     from .experiments.transfer import transfer_run
 
     r = transfer_run(a.run, a.dataset, data_dir=a.data_dir, limit=a.limit, allow_pickle=a.allow_pickle)
@@ -179,6 +192,7 @@ def cmd_report(a):
 
 
 def cmd_explain(a):
+    finished_run(a.run)
     from .analysis.explain import explain_run
 
     out = Path(a.out or Path(a.run) / "explain")
@@ -189,6 +203,7 @@ def cmd_explain(a):
 
 
 def cmd_predict(a):
+    finished_run(a.run)
     from .media.predict import Predictor, clip_paths, predict_lines, print_prediction
 
     clips = clip_paths(a.clips)

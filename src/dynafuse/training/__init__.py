@@ -1,17 +1,20 @@
-"""The one trainer, the run folder (`RunDir`) and the one prediction path."""
+"""The one trainer, the run folder (`RunDir`) and the one prediction path.
 
-from .module import LitMSA
-from .predict import Predictions, predict_batches
-from .run import (
-           build_config,
-           evaluate_run,
-           load_model,
-           load_run,
-           prepare_data,
-           run_config,
-           train,
-)
-from .rundir import RunDir, find_runs
+Names are imported on first use (PEP 562), so that `from dynafuse.training import RunDir` or `build_config` does
+not pay for Lightning: a command reports a wrong path or setting before the trainer is imported."""
 
-__all__ = ["LitMSA", "Predictions", "RunDir", "build_config", "evaluate_run", "find_runs", "load_model",
-           "load_run", "predict_batches", "prepare_data", "run_config", "train"]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"LitMSA": "module", "Predictions": "predict", "predict_batches": "predict", "RunDir": "rundir",
+          "find_runs": "rundir", "build_config": "settings", "run_config": "settings", "evaluate_run": "run",
+          "load_model": "run", "load_run": "run", "prepare_data": "run", "train": "run"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -30,23 +30,21 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.strategies import StrategyRegistry
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import compose, count_or_auto, dump, load_run_config, stage_train, to_dict
+from ..config import count_or_auto, dump, stage_train, to_dict
 from ..data import Bundle, SplitDataset, load_dataset
 from ..data.core import MODALITIES, fill_missing
 from ..data.text import attach_text, backbone_depth
-from ..errors import ConfigError, DataError, DynafuseError
+from ..errors import ConfigError, DynafuseError
 from ..files import atomic_write, atomic_write_csv
-from ..metrics import METRIC_KEYS, ordinal_stats, score_metrics
-from ..models import create_model, model_config, model_entry
+from ..metrics import ordinal_stats, score_metrics
+from ..models import create_model, model_entry
 from ..progress import Lines, on_terminal
 from .module import LitMSA
 from .predict import predict_batches
 from .rundir import CONFIG, INFO, METRICS, ORDINAL, PREDICTIONS, RunDir
-
-MONITORS = (*[k for k in METRIC_KEYS if k != "n"], "f1_3", "auto")
+from .settings import build_config, run_config
 
 # What a user can neither act on nor needs to read, dropped by its exact text: Lightning's advertisement, and
 # torch's deprecation of a call inside Lightning's own code.
@@ -54,30 +52,6 @@ ADVERT = "💡 Tip: For seamless cloud logging"
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
     logging.getLogger(_name).addFilter(lambda record: not record.getMessage().startswith(ADVERT))
-
-
-def build_config(model: str, dataset: str, overrides: list[str] | dict | None = None,
-                 config_file: str | Path | None = None, preset: str | None = None) -> DictConfig:
-    """The typed run config of `model` on `dataset`: the model family's defaults <- dataset preset <- model
-    preset <- named `preset` <- `config_file` <- `overrides` (`key.path=value`). ConfigError (one line) on an
-    unknown model, key, wrong type or out-of-range value, before any data is read."""
-    cfg = compose(model_config(model), model, dataset, overrides, config_file, preset)
-    if cfg.train.monitor not in MONITORS:
-        raise ConfigError(f"train.monitor={cfg.train.monitor!r} is not a metric; choose one of {', '.join(MONITORS)}")
-    strategies = ["auto", *StrategyRegistry.available_strategies()]
-    if cfg.train.strategy not in strategies:
-        raise ConfigError(f"train.strategy={cfg.train.strategy!r} is not a Lightning strategy; choose one of "
-                          + ", ".join(sorted(strategies)))
-    return cfg
-
-
-def run_config(run: RunDir) -> DictConfig:
-    """A run folder's config.yaml read back through its model's schema (checked like a new config)."""
-    raw = run.raw_config()
-    name = (raw.get("model") or {}).get("name")
-    if not name:
-        raise DataError("config.yaml names no model (model.name)", run / CONFIG)
-    return load_run_config(model_config(name), raw, run / CONFIG)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
