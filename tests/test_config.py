@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from dynafuse.cli import main
 from dynafuse.config import dump
@@ -109,3 +111,14 @@ def test_paper_preset_2501_is_mosei_3class_cross_entropy_adam():
     assert type(lit.configure_optimizers()) is torch.optim.Adam
     with pytest.raises(ConfigError, match="unknown preset"):
         build_config("late_fusion", "mosei", preset="nope")
+
+
+def test_kuda_narrow_preset_is_the_measured_old_preset_variant():
+    """`--preset kuda-narrow` gives exactly the settings of main.yaml's measured `old-preset` KuDA variant (the README
+    quotes that variant's numbers for the preset)."""
+    grid = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "main.yaml").read_text())["grid"]
+    variant = next(b["variants"]["old-preset"] for b in grid if "old-preset" in (b.get("variants") or {}))
+    from_preset = build_config("kuda", "simsv2-scores", preset="kuda-narrow")
+    from_variant = build_config("kuda", "simsv2-scores", variant)
+    assert OmegaConf.to_container(from_preset) == OmegaConf.to_container(from_variant)
+    assert from_preset.train.loss == "l1" and from_preset.train.stages.unimodal.lr == 3e-4
