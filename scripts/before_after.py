@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from dynafuse.analysis.summary import cell, label
+from dynafuse.errors import run_script
 from dynafuse.files import atomic_write_text
 
 KEYS = {"regression": ("mae", "corr", "acc2_non0", "acc7"), "3class": ("acc3", "f1_3")}
@@ -53,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

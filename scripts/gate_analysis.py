@@ -12,11 +12,17 @@ import argparse
 
 from dynafuse.analysis.gates import gate_analysis
 from dynafuse.data.registry import resolve_data_dir
+from dynafuse.errors import run_script
 
-if __name__ == "__main__":
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("roots", nargs="*", default=["runs/foundation"])
     ap.add_argument("--data-dir")
     ap.add_argument("--out", default="reports/simsv2_scores_gates")
     a = ap.parse_args()
     print(gate_analysis(a.roots, resolve_data_dir(a.data_dir), a.out))
+
+
+if __name__ == "__main__":
+    run_script(main)

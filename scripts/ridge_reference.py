@@ -16,6 +16,7 @@ from sklearn.linear_model import Ridge
 
 from dynafuse.data import load_dataset
 from dynafuse.data.text import backbone_path
+from dynafuse.errors import run_script
 from dynafuse.files import atomic_write_text
 from dynafuse.metrics import compute_metrics
 from dynafuse.training import build_config
@@ -79,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

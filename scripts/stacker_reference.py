@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LinearRegression
 
-from dynafuse.data.registry import resolve_data_dir
-from dynafuse.data.tables import read_label_csv, read_score_table
+from dynafuse.data.registry import resolve_data_dir, simsv2_unimodal_scores
+from dynafuse.errors import run_script
 from dynafuse.files import atomic_write_json, atomic_write_text
 from dynafuse.metrics import compute_metrics
 
@@ -28,14 +28,10 @@ SHOWN = ("mae", "corr", "acc2_non0", "acc5", "acc7", "acc2_mmsa", "acc3_mmsa", "
 
 def load(data_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     """Per split: X (N, 4) = pred_t, pred_a, pred_v (0 when empty), no-face indicator; y (N,); the raw scores."""
-    table = read_label_csv(data_dir / "simsv2" / "label.csv", text_column="text_en")
-    scores = read_score_table(data_dir / "simsv2" / "unimodal_scores.csv", COLUMNS)
-    row = {k: i for i, k in enumerate(scores["ids"])}
-    order = np.array([row[i] for i in table["ids"]])
+    table, scores, _ = simsv2_unimodal_scores(data_dir, COLUMNS)
     out = {}
     for s in ("train", "valid", "test"):
-        idx = order[table["mode"] == s]
-        raw = {c: scores[c][idx] for c in COLUMNS}
+        raw = {c: scores[c][table["mode"] == s] for c in COLUMNS}
         no_face = ~np.isfinite(raw["pred_v"])
         x = np.stack([np.nan_to_num(raw[c], nan=0.0) for c in COLUMNS] + [no_face.astype(float)], 1)
         out[s] = {"x": x, "y": table["label"][table["mode"] == s], "raw": raw}
@@ -80,4 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

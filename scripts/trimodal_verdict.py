@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from dynafuse.analysis.summary import find_runs, group_runs, md_table
+from dynafuse.errors import run_script
 from dynafuse.files import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +130,7 @@ def markdown(v: dict, command: str) -> str:
     return "\n".join(md)
 
 
-if __name__ == "__main__":
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("roots", nargs="*", default=["runs/foundation/simsv2-scores"])
     ap.add_argument("--reference", default=str(ROOT / "reports" / "simsv2_scores_reference.json"))
@@ -139,3 +140,7 @@ if __name__ == "__main__":
     atomic_write_json(Path(a.out + ".json"), result)
     atomic_write_text(Path(a.out + ".md"), markdown(result, "python scripts/trimodal_verdict.py"))
     print(markdown(result, "python scripts/trimodal_verdict.py"))
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -202,6 +202,11 @@ def test_label_csv_of_extract_source(case, tmp_path, capsys):
     ("short_row", ["line 3 has 5 fields"]),
     ("not_a_number", ["line 4", "'pred_a' is not a number: 'high'"]),
     ("inf", ["line 4", "'pred_a'", "not a finite number"]),
+    # only pred_v may be empty (no face); an empty or NaN audio score is not a missing modality
+    ("empty_pred_a", ["line 4", "'pred_a' is empty"]),
+    ("nan_pred_a", ["line 4", "'pred_a' is 'nan'"]),
+    ("far_outside", ["1 pred_a scores outside [-1, 1]", "to 250", "first: v2_2"]),
+    ("other_split", ["1 clips are in another split than in label.csv", "v2_2: 'train' here, 'test' there"]),
 ])
 def test_score_table(case, words, tmp_path):
     rows = list(GOOD_SCORES)
@@ -210,6 +215,10 @@ def test_score_table(case, words, tmp_path):
         header, rows = header + ",pred_a", [r + ",0.9" for r in rows]
     elif case == "short_row":
         rows[1] = "v1,1,0.1,0.2,train"
+    elif case in ("empty_pred_a", "nan_pred_a", "far_outside"):
+        rows[2] = rows[2].replace(",0.2,", {"empty_pred_a": ",,", "nan_pred_a": ",nan,", "far_outside": ",250,"}[case])
+    elif case == "other_split":
+        rows[2] = rows[2].replace(",test", ",train")
     else:
         rows[2] = rows[2].replace(",0.2,", ",high," if case == "not_a_number" else ",inf,")
     data = scores_dir(tmp_path, csv_text(*rows, header=header))
@@ -833,6 +842,7 @@ def test_a_run_folder_given_as_a_dataset_is_named_as_such(capsys, text_run, tmp_
     (["train", "--model", "daf"], ["dynafuse train: error:", "--dataset", "dynafuse train --help"]),
     (["trian"], ["dynafuse: error:", "invalid choice: 'trian'"]),
     (["robust", "some/run", "--levels"], ["dynafuse robust: error:", "--levels"]),
+    (["datasets", "--foo"], ["dynafuse datasets: error: unrecognized arguments: --foo", "dynafuse datasets --help"]),
 ])
 def test_command_line_mistakes_are_one_line(capsys, argv, words):
     """argparse's own errors read like the project's: one line, no usage block above it."""
@@ -842,3 +852,16 @@ def test_command_line_mistakes_are_one_line(capsys, argv, words):
     assert e.value.code == 2 and len(err) == 1, err
     for w in words:
         assert w in err[0], (w, err[0])
+
+
+def test_score_table_without_mode_or_unused_columns_reads(tmp_path):
+    """The `mode` column is checked where it exists, not required; `pred_t` is needed only as the text input; an
+    empty `pred_v` is a missing vision modality."""
+    rows = [r.rsplit(",", 1)[0] for r in GOOD_SCORES]
+    rows[1] = rows[1].replace(",0.3", ",")
+    text = csv_text(*[",".join(r.split(",")[:2] + r.split(",")[3:]) for r in rows], header="video_id,clip_id,pred_a,pred_v")
+    bundle = load_dataset("simsv2-scores", scores_dir(tmp_path, text))
+    assert sum(int((s.lengths["vision"] == 0).sum()) for s in bundle.splits.values()) == 1
+    with pytest.raises(DataError) as e:
+        load_dataset("simsv2-scores", scores_dir(tmp_path / "b", text), text_source="pred_t")
+    one_line(e, "missing columns ['pred_t']")

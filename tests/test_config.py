@@ -122,3 +122,17 @@ def test_kuda_narrow_preset_is_the_measured_old_preset_variant():
     from_variant = build_config("kuda", "simsv2-scores", variant)
     assert OmegaConf.to_container(from_preset) == OmegaConf.to_container(from_variant)
     assert from_preset.train.loss == "l1" and from_preset.train.stages.unimodal.lr == 3e-4
+
+
+def test_a_preset_is_for_its_models_and_keeps_their_dataset_budget(capsys):
+    """A preset names the models it was written for (another model is refused in one line) and carries its own
+    per-dataset settings (KuDA's shorter MOSEI schedule survives kuda-narrow); `--preset` is given once."""
+    with pytest.raises(ConfigError, match="preset 'kuda-narrow' is for kuda, not daf"):
+        build_config("daf", "simsv2-scores", preset="kuda-narrow")
+    with pytest.raises(ConfigError, match="is for early_fusion"):
+        build_config("kuda", "mosei", preset="2501.08085")
+    mosei = build_config("kuda", "mosei", preset="kuda-narrow")
+    assert (mosei.train.max_epochs, mosei.train.patience, mosei.train.loss) == (10, 3, "l1")
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "kuda", "--dataset", "mosi", "--preset", "kuda-narrow", "--preset", "2501.08085"])
+    assert "--preset given twice" in capsys.readouterr().err

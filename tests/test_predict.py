@@ -94,7 +94,7 @@ def test_cli_json_and_errors(text_run, media_clips):
     r = json.loads(p.stdout.strip().splitlines()[0])  # the good clip was still scored
     assert r["transcript"] == SENTENCE and r["transcript_source"].startswith("given")
     p = cli("predict", media_clips["speech_face"], "--run", text_run.parent / "no-such-run")
-    assert p.returncode == 2 and "not a run folder" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "no such run folder" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_text_extractor_matches_training_features(media_clips):

@@ -243,7 +243,7 @@ def test_run_names_from_the_command_line(tmp_path):
 def test_serve_with_a_missing_run_is_one_line(tmp_path, capsys):
     assert main(["serve", "--run", str(tmp_path / "no-such-run")]) == 2
     err = capsys.readouterr().err
-    assert "not a run folder" in err and "no-such-run" in err and len(err.strip().splitlines()) == 1
+    assert "no such run folder" in err and "no-such-run" in err and len(err.strip().splitlines()) == 1
 
 
 def test_live_server_over_loopback(live_server, real_clip):

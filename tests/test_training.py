@@ -258,3 +258,20 @@ def test_a_failed_training_leaves_no_empty_folders(tmp_path):
             with RunDir(out).lock():
                 raise RuntimeError("the training failed before writing anything")
         assert not gone.exists() and stays.is_dir()
+    (tmp_path / "empty").mkdir()  # an --out that existed, empty: it stays, without a .lock
+    with pytest.raises(RuntimeError):
+        with RunDir(tmp_path / "empty").lock():
+            raise RuntimeError("the training failed before writing anything")
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())
+
+
+def test_a_folder_holding_other_data_is_not_trained_into(tmp_path):
+    """--out pointing at a data folder (here one with simsv2/ and a CSV) is refused before anything is written."""
+    from dynafuse.training.rundir import RunDir
+
+    (tmp_path / "simsv2").mkdir()
+    (tmp_path / "notes.csv").write_text("x")
+    with pytest.raises(DynafuseError, match=r"holds other files than a run's \(notes.csv, simsv2\)"):
+        with RunDir(tmp_path).lock():
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.csv", "simsv2"]

@@ -75,4 +75,4 @@ def test_cli_wrong_run_path_is_a_one_line_error(tmp_path):
                         "mosei"], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("dynafuse: error:")
-    assert "not a run folder" in p.stderr
+    assert "no such run folder" in p.stderr

@@ -143,7 +143,7 @@ def cmd_eval(a):
     finished_run(a.run)
     from .training import evaluate_run
 
-    metrics = evaluate_run(a.run, allow_pickle=a.allow_pickle)
+    metrics = evaluate_run(a.run, allow_pickle=a.allow_pickle, data_dir=a.data_dir)
     print(json.dumps(metrics, indent=2)) if a.json else print_metrics(metrics, str(a.run))
 
 
@@ -151,7 +151,8 @@ def cmd_robust(a):
     finished_run(a.run)
     from .experiments.robustness import parse_levels, print_robustness, robustness_run
 
-    result = robustness_run(a.run, split=a.split, seed=a.seed, levels=parse_levels(a.levels) if a.levels else None)
+    result = robustness_run(a.run, split=a.split, seed=a.seed, levels=parse_levels(a.levels) if a.levels else None,
+                            data_dir=a.data_dir)
     print_robustness(result)
     print(f"wrote {Path(a.run) / 'robustness.json'} ({result['seconds']:.0f} s)")
 
@@ -196,7 +197,7 @@ def cmd_explain(a):
     from .analysis.explain import explain_run
 
     out = Path(a.out or Path(a.run) / "explain")
-    info = explain_run(a.run, out, split=a.split)
+    info = explain_run(a.run, out, split=a.split, data_dir=a.data_dir)
     for note in info["notes"]:
         print(f"note: {note}")
     print(f"wrote {out}/explain.json" + "".join(f", {f}" for f in info["figures"]))
@@ -267,12 +268,24 @@ def whole(low: int):
     return parse
 
 
+DATA_NOW = "where the data is now (default: the run's own, $DYNAFUSE_DATA, ../shared/datasets)"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the project's one-line errors: `dynafuse CMD: error: ... (dynafuse CMD --help)`, no usage
     block above it. Sub-command parsers inherit the class."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Once(argparse.Action):
+    """An option that may be given once: a second one is an error, not silently the last."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest) is not None:
+            parser.error(f"{option_string} given twice; give one")
+        setattr(namespace, self.dest, values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task", choices=["regression", "3class"])
     t.add_argument("--data-dir", help="folder of datasets (default $DYNAFUSE_DATA or ../shared/datasets)")
     t.add_argument("--config", help="a YAML file merged over the presets")
-    t.add_argument("--preset", help="a paper's own protocol, merged after the model's preset (e.g. 2501.08085: "
-                                    "MOSEI 3-class, cross-entropy, Adam)")
+    t.add_argument("--preset", action=Once,
+                   help="named settings merged after the model's preset: 2501.08085 (the paper's MOSEI 3-class, "
+                        "cross-entropy, Adam; its fusion models) or kuda-narrow (KuDA at the CPU's width)")
     t.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     t.add_argument("--force", action="store_true", help="overwrite a finished run")
     t.add_argument("--allow-pickle", action="store_true", help="allow loading a pickle file (it can run code)")
@@ -300,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="re-evaluate a saved run")
     e.add_argument("--run", required=True, help="a finished run folder (with its checkpoints/, e.g. runs/demo)")
+    e.add_argument("--data-dir", help=DATA_NOW)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--allow-pickle", action="store_true",
                    help="load a checkpoint that holds more than plain weights (it can run code: only files you trust)")
@@ -332,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.set_defaults(fn=cmd_tune)
     r = sub.add_parser("robust", help="score a finished run under missing modalities, noise and token drop")
     r.add_argument("run", help="run folder (with its local checkpoint)")
+    r.add_argument("--data-dir", help=DATA_NOW)
     r.add_argument("--split", default="test", choices=["valid", "test"])
     r.add_argument("--seed", type=whole(0), default=0, help="seed of the corruptions")
     r.add_argument("--levels", help="comma-separated corruption levels (default 0,0.1,...,0.9)")
@@ -417,9 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(fn=cmd_serve)
     ex = sub.add_parser("explain", help="gate distributions, attention maps and t-SNE of a trained run")
     ex.add_argument("run")
+    ex.add_argument("--data-dir", help=DATA_NOW)
     ex.add_argument("--out", help="output folder (default RUN/explain)")
     ex.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ex.set_defaults(fn=cmd_explain)
+    for sp in sub.choices.values():  # an error after parsing is reported by the command's own parser
+        sp.set_defaults(parser=sp)
     return p
 
 
@@ -429,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may also sit between or after options (argparse stops collecting them at an option)
     stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
     if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
     try:

@@ -372,7 +372,14 @@ def compose(model_config: ModelConfig, model: str, dataset: str, overrides: list
     if preset:
         if preset not in presets():
             raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(presets())}")
-        cfg = merge_layer(cfg, read_yaml(PRESETS / "presets" / f"{preset}.yaml"), f"preset {preset}")
+        layer = read_yaml(PRESETS / "presets" / f"{preset}.yaml")
+        models = layer.pop("models", None)  # the models a preset was written for (none: every model)
+        if models and model not in models:
+            raise ConfigError(f"preset {preset!r} is for {', '.join(models)}, not {model}")
+        # a preset's own per-dataset settings (as a model preset's `datasets:`), e.g. MOSEI's shorter schedule
+        preset_per_dataset = layer.pop("datasets", None) or {}
+        cfg = merge_layer(cfg, layer, f"preset {preset}")
+        cfg = merge_layer(cfg, preset_per_dataset.get(data_preset) or {}, f"preset {preset}, datasets.{data_preset}")
     if config_file:
         if not Path(config_file).exists():
             raise ConfigError("no such config file", config_file)

@@ -26,3 +26,13 @@ def warn(problem: str, path: object | None = None) -> None:
     """One warning line on stderr (`dynafuse: warning: PATH: problem`) for bad input that was skipped or repaired:
     the command goes on and the user sees what it did."""
     print(f"dynafuse: warning: {f'{path}: ' if path is not None else ''}{problem}", file=sys.stderr)
+
+
+def run_script(main) -> None:
+    """Call a script's `main()` with the CLI's error handling: a DynafuseError is one line `SCRIPT: error: PATH:
+    problem` on stderr and exit status 2, without a traceback (scripts/*.py)."""
+    try:
+        main()
+    except DynafuseError as e:
+        print(f"{sys.argv[0].rsplit('/', 1)[-1]}: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -52,11 +52,13 @@ def write_gates_csv(path: Path, ids, y, pred, gates: dict[str, np.ndarray], comp
     return atomic_write_csv(path, rows, header)
 
 
-def explain_run(run_dir: str | Path, out: str | Path | None = None, split: str = "test") -> dict:
-    """Explain a finished run (its local checkpoint) on `split`; return what explain.json holds."""
+def explain_run(run_dir: str | Path, out: str | Path | None = None, split: str = "test",
+                data_dir: str | Path | None = None) -> dict:
+    """Explain a finished run (its local checkpoint) on `split` (`data_dir`: where the data is now, as `load_run`);
+    return what explain.json holds."""
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "explain"
-    cfg, lit, bundle = load_run(run_dir)
+    cfg, lit, bundle = load_run(run_dir, data_dir=data_dir)
     if split not in bundle.splits:
         raise DynafuseError(f"no {split!r} split in this run's data; have {sorted(bundle.splits)}", run_dir)
     model = lit.model

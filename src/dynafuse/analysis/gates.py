@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from ..data.registry import SCORE_COLUMNS
-from ..data.tables import read_label_csv, read_score_table
+from ..data.registry import SCORE_COLUMNS, simsv2_unimodal_scores
 from ..errors import DataError
 from ..files import atomic_write_json, atomic_write_text
 from ..metrics import aggregate, format_mean_std
@@ -38,11 +37,9 @@ BINS = np.array([0.0, 0.1, 0.2, 0.4, 0.7, 2.0])  # error bins on the [-1, 1] sca
 
 def clip_errors(data_dir: Path) -> dict[str, dict[str, float]]:
     """id -> {modality: |score - label|} (NaN where the score is missing, e.g. no face)."""
-    table = read_label_csv(Path(data_dir) / "simsv2" / "label.csv", text_column="text_en")
-    scores = read_score_table(Path(data_dir) / "simsv2" / "unimodal_scores.csv", tuple(SCORE_COLUMNS.values()))
-    label = dict(zip(table["ids"], table["label"]))
-    return {i: {m: float(abs(scores[c][k] - label[i])) for m, c in SCORE_COLUMNS.items()}
-            for k, i in enumerate(scores["ids"]) if i in label}
+    table, scores, _ = simsv2_unimodal_scores(data_dir)
+    return {i: {m: float(abs(scores[c][k] - table["label"][k])) for m, c in SCORE_COLUMNS.items()}
+            for k, i in enumerate(table["ids"])}
 
 
 def read_gates(run: RunDir, split: str = "test") -> tuple[list[str], np.ndarray] | None:

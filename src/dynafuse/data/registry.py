@@ -225,6 +225,32 @@ def mosi_bclstm(data_dir: Path, text_source: str = "transcript", valid_share: fl
 SCORE_COLUMNS = {"text": "pred_t", "audio": "pred_a", "vision": "pred_v"}
 
 
+def simsv2_unimodal_scores(data_dir: str | Path, columns: tuple[str, ...] = tuple(SCORE_COLUMNS.values()),
+                           text_column: str = "text_en") -> tuple[dict, dict[str, np.ndarray], Path]:
+    """`simsv2/label.csv` and the `columns` of `simsv2/unimodal_scores.csv` aligned to it: (label table, {column:
+    (N,) float32 scores in label.csv's row order}, scores path). Only `pred_v` may be empty (no face: NaN); every
+    score lies in [-1, 1]; every clip of label.csv has its scores; where the scores file has a `mode` column it
+    must give each clip the same split as label.csv (scores made on another split would put in-sample scores on
+    test). DataError naming the file otherwise."""
+    data_dir = Path(data_dir)
+    csv_path, scores_path = data_dir / "simsv2" / "label.csv", data_dir / "simsv2" / "unimodal_scores.csv"
+    table = read_label_csv(csv_path, text_column=text_column)
+    scores = read_score_table(scores_path, columns, may_be_blank=("pred_v",), value_range=1.0)
+    row = {k: i for i, k in enumerate(scores["ids"])}
+    missing = [i for i in table["ids"] if i not in row]
+    if missing:
+        raise DataError(f"{len(missing)} clips of {csv_path.name} have no scores (first: {missing[0]})", scores_path)
+    order = np.array([row[i] for i in table["ids"]])
+    if "mode" in scores:
+        other = scores["mode"][order] != table["mode"]
+        if other.any():
+            k = int(np.flatnonzero(other)[0])
+            raise DataError(f"{int(other.sum())} clips are in another split than in {csv_path.name} (first: "
+                            f"{table['ids'][k]}: {str(scores['mode'][order][k])!r} here, {str(table['mode'][k])!r} there)",
+                            scores_path)
+    return table, {c: scores[c][order] for c in columns}, scores_path
+
+
 @register_dataset("simsv2-scores", "CH-SIMSv2 (s) with real audio and video signal: audio = pred_a, vision = pred_v "
                                    "(released unimodal models' scores, 1 value per clip; no face: missing), text = "
                                    "transcripts (text_en) or pred_t; label_T/A/V kept; [-1, 1]. Train-split scores "
@@ -239,20 +265,13 @@ def simsv2_scores(data_dir: Path, text_column: str = "text_en", text_source: str
     train split, so train-split scores are in-sample and more accurate than on valid/test; valid selects."""
     if text_source not in ("transcript", "pred_t"):
         raise ConfigError(f"data.options.text_source must be 'transcript' or 'pred_t', not {text_source!r}")
-    csv_path, scores_path = data_dir / "simsv2" / "label.csv", data_dir / "simsv2" / "unimodal_scores.csv"
-    table = read_label_csv(csv_path, text_column=text_column)
-    scores = read_score_table(scores_path, tuple(SCORE_COLUMNS.values()))
-    row = {k: i for i, k in enumerate(scores["ids"])}
-    missing = [i for i in table["ids"] if i not in row]
-    if missing:
-        raise DataError(f"{len(missing)} clips of {csv_path.name} have no scores (first: {missing[0]})", scores_path)
-    order = np.array([row[i] for i in table["ids"]])
-    splits = _label_csv_splits(table)
     mods = ["audio", "vision"] + (["text"] if text_source == "pred_t" else [])
+    table, scores, scores_path = simsv2_unimodal_scores(data_dir, tuple(SCORE_COLUMNS[m] for m in mods),
+                                                       text_column)
+    splits = _label_csv_splits(table)
     for s, split in splits.items():
-        idx = order[table["mode"] == s]
         for m in mods:
-            v = scores[SCORE_COLUMNS[m]][idx]
+            v = scores[SCORE_COLUMNS[m]][table["mode"] == s]
             known = np.isfinite(v)
             split.features[m] = np.where(known, v, 0.0).astype(np.float32)[:, None, None]
             split.lengths[m] = known.astype(np.int64)

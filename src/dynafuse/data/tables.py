@@ -224,14 +224,26 @@ def _no_duplicate_ids(ids: np.ndarray, lines: list[int], p: Path, what: str = "(
         first[i] = line
 
 
-def read_score_table(path: str | Path, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """A CSV of per-clip scores keyed by `video_id, clip_id` (e.g. simsv2/unimodal_scores.csv): `ids` and one
-    float32 array per column, NaN where a cell is empty (a score that does not exist for that clip)."""
+def read_score_table(path: str | Path, columns: tuple[str, ...], may_be_blank: tuple[str, ...] = (),
+                     value_range: float | None = None) -> dict[str, np.ndarray]:
+    """A CSV of per-clip scores keyed by `video_id, clip_id` (e.g. simsv2/unimodal_scores.csv): `ids`, one float32
+    array per column and, when the file has one, its `mode` column. A blank (or "nan") cell is NaN in the columns
+    `may_be_blank` (a score that does not exist for that clip, e.g. no face) and an error in the others. With
+    `value_range` R, a score outside [-R, R] is an error (the count, the extremes and the first ids), as a label
+    would be. DataError (naming the file and the line) otherwise as `parse_floats`."""
     p = existing(path)
     t = read_csv(p, ("video_id", "clip_id", *columns))
     out = {"ids": np.array([f"{r['video_id']}_{r['clip_id']}" for r in t.rows])}
     for col in columns:
-        out[col] = parse_floats(t, col, p, blank="nan")
+        out[col] = parse_floats(t, col, p, blank="nan" if col in may_be_blank else "error")
+        if value_range is not None:
+            bad = np.abs(np.nan_to_num(out[col])) > value_range
+            if bad.any():
+                raise DataError(f"{int(bad.sum())} {col} scores outside [-{value_range:g}, {value_range:g}] "
+                                f"(from {np.nanmin(out[col]):.4g} to {np.nanmax(out[col]):.4g}; first: "
+                                f"{', '.join(out['ids'][bad][:3])})", p)
+    if "mode" in t.columns:
+        out["mode"] = np.array([r["mode"].strip() for r in t.rows])
     _no_duplicate_ids(out["ids"], t.lines, p)
     return out
 

@@ -76,10 +76,12 @@ def _curves(score, names: dict[str, list[str]], levels, clean: dict, make, seed:
     return curves
 
 
-def robustness_run(run_dir: str | Path, split: str = "test", seed: int = 0, levels=None) -> dict:
-    """Evaluate a finished run under every corruption and write `RUN_DIR/robustness.json` atomically."""
+def robustness_run(run_dir: str | Path, split: str = "test", seed: int = 0, levels=None,
+                   data_dir: str | Path | None = None) -> dict:
+    """Evaluate a finished run under every corruption and write `RUN_DIR/robustness.json` atomically (`data_dir`:
+    where the data is now, as `load_run`)."""
     run_dir, levels = Path(run_dir), check_levels(LEVELS if levels is None else levels)
-    cfg, lit, bundle = load_run(run_dir)
+    cfg, lit, bundle = load_run(run_dir, data_dir=data_dir)
     if split not in bundle.splits:
         raise ConfigError(f"the run's dataset has no {split!r} split", run_dir)
     started = time.time()

@@ -490,10 +490,14 @@ def load_model(run_dir: str | Path, allow_pickle: bool = False) -> tuple[DictCon
     return cfg, info, lit
 
 
-def load_run(run_dir: str | Path, allow_pickle: bool = False) -> tuple[DictConfig, LitMSA, Bundle]:
+def load_run(run_dir: str | Path, allow_pickle: bool = False,
+             data_dir: str | Path | None = None) -> tuple[DictConfig, LitMSA, Bundle]:
     """Rebuild a finished run's data and selected model, checking the data still fits the checkpoint. Sets torch's
-    threads as the run's config says (`set_threads`) before any text is encoded."""
+    threads as the run's config says (`set_threads`) before any text is encoded. `data_dir`: where the data is now
+    (else the run's own `data.data_dir`, $DYNAFUSE_DATA or ../shared/datasets)."""
     cfg, info, lit = load_model(run_dir, allow_pickle)
+    if data_dir is not None:
+        cfg.data.data_dir = str(data_dir)
     set_threads(cfg)
     bundle = prepare_data(cfg)
     expected = info["input_dims"]
@@ -503,8 +507,8 @@ def load_run(run_dir: str | Path, allow_pickle: bool = False) -> tuple[DictConfi
     return cfg, lit, bundle
 
 
-def evaluate_run(run_dir: str | Path, allow_pickle: bool = False) -> dict:
+def evaluate_run(run_dir: str | Path, allow_pickle: bool = False, data_dir: str | Path | None = None) -> dict:
     """Re-evaluate a finished run's selected checkpoint: the same metrics.json, predictions.csv, ordinal.json."""
-    cfg, lit, bundle = load_run(run_dir, allow_pickle)
+    cfg, lit, bundle = load_run(run_dir, allow_pickle, data_dir)
     return evaluate(lit, bundle, cfg, RunDir(run_dir))
 

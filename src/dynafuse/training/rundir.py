@@ -29,6 +29,9 @@ from ..files import atomic_write_json, atomic_write_text, safe_name
 
 CONFIG, INFO, METRICS, ORDINAL, PREDICTIONS = "config.yaml", "run.json", "metrics.json", "ordinal.json", "predictions.csv"
 ROBUSTNESS = "robustness.json"
+# everything a run folder may hold (also transfer-*.json); the runner writes train.log before the training starts
+RUN_NAMES = {CONFIG, INFO, METRICS, ORDINAL, PREDICTIONS, ROBUSTNESS, "checkpoints", "logs", "train.log", "explain",
+             ".lock", ".lock.owner"}
 
 
 class RunDir:
@@ -87,6 +90,9 @@ class RunDir:
 
     def info(self) -> dict:
         """run.json of a finished run, with `input_dims` as ints."""
+        if not self.path.is_dir():
+            raise DynafuseError("no such run folder" if not self.path.exists() else "is a file, not a run folder",
+                                self.path)
         if not (self.path / CONFIG).exists():
             raise DynafuseError("not a run folder (no config.yaml)", self.path)
         info = self.read_json(INFO)
@@ -169,8 +175,13 @@ class RunDir:
         """Hold the folder's lock (`.lock`, an OS file lock that dies with its process) for a training run; a
         second holder gets one DynafuseError line naming the process that has it. A folder made only for the lock
         (the training failed before writing anything) is removed again, with the parent folders made for it (./runs/):
-        nothing partly written is left.
+        nothing partly written is left. A folder holding other files than a run's is refused (DynafuseError).
         In a distributed run only rank 0 calls it (`training.run.train`: the other ranks are its workers)."""
+        foreign = self.foreign_files()
+        if foreign:
+            raise DynafuseError(f"holds other files than a run's ({', '.join(foreign[:3])}"
+                                f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder for --out",
+                                self.path)
         # the folders this call creates (the run folder and any missing parents, e.g. ./runs/)
         made = [d for d in (self.path, *self.path.parents) if not d.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
@@ -187,12 +198,19 @@ class RunDir:
         finally:
             owner.unlink(missing_ok=True)
             lock.release()
-            if made and {p.name for p in self.path.iterdir()} <= {".lock"}:
+            if {p.name for p in self.path.iterdir()} <= {".lock"}:  # nothing written: leave no trace
                 (self.path / ".lock").unlink(missing_ok=True)
                 for folder in made:   # innermost first; stop at one something else has written into
                     if any(folder.iterdir()):
                         break
                     folder.rmdir()
+
+    def foreign_files(self) -> list[str]:
+        """Names in the folder that no run writes (a data folder given as --out): training there is refused."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name not in RUN_NAMES
+                      and not (p.name.startswith("transfer-") and p.name.endswith(".json")))
 
     def clear_results(self) -> None:
         """Before training again (--force): remove the finished marker first, then the other results."""
