@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_reaches_children():
+    """Ctrl-C (SIGINT) back to Python's handler before each test. A library run in this process (Lightning after
+    an interrupt, Ray, a server) may leave SIGINT ignored, and a child started then inherits "ignored": Python does
+    not install its KeyboardInterrupt handler in it, and the Ctrl-C tests' subprocesses would run to the end."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 def drop(batch: Batch, modality: str, rows) -> Batch:
