@@ -194,3 +194,32 @@ def test_frozen_text_cache_keys_on_the_backbone(tmp_path, monkeypatch):
     monkeypatch.setattr(text, "load_backbone", lambda name: pytest.fail("cache miss"))
     again = encode_frozen(texts, "mpnet", 8, cache)[0]
     assert isinstance(again, np.memmap) and np.array_equal(again, states["mpnet"])
+
+
+def test_two_processes_needing_one_cache_entry_encode_it_once(tmp_path, monkeypatch):
+    """Two experiment workers that need the same frozen-text entry at once: one encodes (here a stand-in backbone
+    that takes a while), the other waits for its file lock and reads the result."""
+    import threading
+    import time
+
+    calls = []
+
+    def slow_states(model, ids, lengths, batch_size, layer, dtype, label):
+        calls.append(1)
+        time.sleep(0.5)
+        return np.ones((len(ids), 4, 3), dtype=dtype)
+
+    monkeypatch.setattr(text, "backbone_identity", lambda name: "stand-in")
+    monkeypatch.setattr(text, "tokenize", lambda texts, name, max_len: (np.zeros((len(texts), 4), np.int64),
+                                                                         np.full(len(texts), 4)))
+    monkeypatch.setattr(text, "load_backbone", lambda name: None)
+    monkeypatch.setattr(text, "token_states", slow_states)
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(text.encode_frozen(["a", "b"], None, 4, tmp_path)))
+               for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(calls) == 1 and len(results) == 2
+    assert all(r[0].shape == (2, 4, 3) and float(r[0].sum()) == 24 for r in results)

@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_save_npy
@@ -277,6 +278,8 @@ def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_
     reuse, cached under a hash of the backbone's identity (`backbone_identity`), max_len, the texts and the layer.
     Encoding shows its progress under `label`.
 
+    A file lock per entry makes concurrent processes encode it once (the others wait, then read it).
+
     Every batch runs at the full width max_len (rows are not cut to their longest member): cutting gives the same
     states only to float16 rounding, and the numbers of a fresh install must equal the committed runs'."""
     ident = backbone_identity(name)
@@ -286,11 +289,15 @@ def encode_frozen(texts, name: str | None, max_len: int, cache_dir: Path, batch_
     feats_file, len_file = cache_dir / f"text_{key}.npy", cache_dir / f"text_{key}_len.npy"
     if feats_file.exists() and len_file.exists():
         return np.load(feats_file, mmap_mode="r"), np.load(len_file)
-    ids, lengths = tokenize(texts, name, max_len)
-    out = token_states(load_backbone(name), ids, lengths, batch_size, layer,
-                       np.float16 if layer is None else np.float32, label=f"{label} (once; cached in {cache_dir})")
-    atomic_save_npy(len_file, lengths)
-    atomic_save_npy(feats_file, out)
+    # one process encodes an entry; another that needs it at the same time (two experiment workers) waits and reads
+    with FileLock(cache_dir / f"text_{key}.lock"):
+        if feats_file.exists() and len_file.exists():
+            return np.load(feats_file, mmap_mode="r"), np.load(len_file)
+        ids, lengths = tokenize(texts, name, max_len)
+        out = token_states(load_backbone(name), ids, lengths, batch_size, layer, np.float16 if layer is None
+                           else np.float32, label=f"{label} (once; cached in {cache_dir})")
+        atomic_save_npy(len_file, lengths)
+        atomic_save_npy(feats_file, out)
     return np.load(feats_file, mmap_mode="r"), lengths
 
 
