@@ -36,9 +36,14 @@ def input_of(variant: str) -> str:
     return "pred_t" if variant.startswith("pred_t") else "transcript"
 
 
+def setting(g: dict) -> str:
+    """A group's variant without the text-input prefix (`pred_t-static` -> `static`)."""
+    return g["variant"].removeprefix("pred_t").lstrip("-")
+
+
 def role(g: dict) -> str | None:
     """'dynamic', 'static' or None (an ablation that is neither, e.g. DPDF-LQ without one path)."""
-    v = g["variant"].removeprefix("pred_t").lstrip("-")
+    v = setting(g)
     if g["model"] in DYNAMIC and v in ("", "old-preset"):
         return "dynamic"
     if (g["model"] in STATIC_MODELS and not v) or (g["model"] in DYNAMIC and v in STATIC_VARIANTS):
@@ -49,7 +54,7 @@ def role(g: dict) -> str | None:
 def preset_variant(g: dict) -> bool:
     """A dynamic row trained with other settings than its static variants (KuDA's `old-preset`): no like-for-like
     switched-off row exists for it, so it is left out of the model-by-model pairs."""
-    return g["variant"].removeprefix("pred_t").lstrip("-") == "old-preset"
+    return setting(g) == "old-preset"
 
 
 def name(g: dict) -> str:

@@ -114,12 +114,16 @@ def test_paper_preset_2501_is_mosei_3class_cross_entropy_adam():
 
 
 def test_kuda_narrow_preset_is_the_measured_old_preset_variant():
-    """`--preset kuda-narrow` gives exactly the settings of main.yaml's measured `old-preset` KuDA variant (the README
-    quotes that variant's numbers for the preset)."""
+    """`--preset kuda-narrow` gives exactly the settings KuDA used before issue 13 (the README quotes main.yaml's
+    `old-preset` cells, which run with this preset, for it)."""
     grid = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "main.yaml").read_text())["grid"]
-    variant = next(b["variants"]["old-preset"] for b in grid if "old-preset" in (b.get("variants") or {}))
+    block = next(b for b in grid if "old-preset" in (b.get("variants") or {}))
+    assert block["preset"] == "kuda-narrow" and block["variants"]["old-preset"] == []
+    earlier = ["train.loss=l1", "train.lr=3e-4", "model.dropout=0.1", "train.warmup_ratio=0", "train.weight_decay=1e-4",
+               "train.max_epochs=40", "train.patience=8", "train.stages.unimodal.lr=3e-4",
+               "train.stages.unimodal.weight_decay=1e-4"]
     from_preset = build_config("kuda", "simsv2-scores", preset="kuda-narrow")
-    from_variant = build_config("kuda", "simsv2-scores", variant)
+    from_variant = build_config("kuda", "simsv2-scores", earlier)
     assert OmegaConf.to_container(from_preset) == OmegaConf.to_container(from_variant)
     assert from_preset.train.loss == "l1" and from_preset.train.stages.unimodal.lr == 3e-4
 

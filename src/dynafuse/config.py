@@ -355,6 +355,14 @@ def presets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in (PRESETS / "presets").iterdir() if p.name.endswith(".yaml"))
 
 
+def merge_preset(cfg: DictConfig, layer: dict, data_preset: str, source: str) -> DictConfig:
+    """Merge a preset layer (a model's or a named one), then its own `datasets.NAME` section for this dataset
+    (e.g. MOSEI's shorter schedule)."""
+    per_dataset = layer.pop("datasets", None) or {}
+    cfg = merge_layer(cfg, layer, source)
+    return merge_layer(cfg, per_dataset.get(data_preset) or {}, f"{source}, datasets.{data_preset}")
+
+
 def compose(model_config: ModelConfig, model: str, dataset: str, overrides: list[str] | dict | None = None,
             config_file=None, preset: str | None = None) -> DictConfig:
     """The typed run config of `model` on `dataset` (see the module docstring for the order of the layers; a
@@ -365,10 +373,7 @@ def compose(model_config: ModelConfig, model: str, dataset: str, overrides: list
     if dataset.startswith("path:"):  # a converted folder: its reader options were applied when it was converted
         (data_layer.get("data") or {}).pop("options", None)
     cfg = merge_layer(cfg, data_layer, f"dataset preset {data_preset}")
-    model_preset = read_yaml(PRESETS / "models" / f"{model}.yaml")
-    per_dataset = model_preset.pop("datasets", None) or {}
-    cfg = merge_layer(cfg, model_preset, f"model preset {model}")
-    cfg = merge_layer(cfg, per_dataset.get(data_preset) or {}, f"model preset {model}, datasets.{data_preset}")
+    cfg = merge_preset(cfg, read_yaml(PRESETS / "models" / f"{model}.yaml"), data_preset, f"model preset {model}")
     if preset:
         if preset not in presets():
             raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(presets())}")
@@ -376,10 +381,7 @@ def compose(model_config: ModelConfig, model: str, dataset: str, overrides: list
         models = layer.pop("models", None)  # the models a preset was written for (none: every model)
         if models and model not in models:
             raise ConfigError(f"preset {preset!r} is for {', '.join(models)}, not {model}")
-        # a preset's own per-dataset settings (as a model preset's `datasets:`), e.g. MOSEI's shorter schedule
-        preset_per_dataset = layer.pop("datasets", None) or {}
-        cfg = merge_layer(cfg, layer, f"preset {preset}")
-        cfg = merge_layer(cfg, preset_per_dataset.get(data_preset) or {}, f"preset {preset}, datasets.{data_preset}")
+        cfg = merge_preset(cfg, layer, data_preset, f"preset {preset}")
     if config_file:
         if not Path(config_file).exists():
             raise ConfigError("no such config file", config_file)

@@ -242,12 +242,12 @@ def simsv2_unimodal_scores(data_dir: str | Path, columns: tuple[str, ...] = tupl
         raise DataError(f"{len(missing)} clips of {csv_path.name} have no scores (first: {missing[0]})", scores_path)
     order = np.array([row[i] for i in table["ids"]])
     if "mode" in scores:
-        other = scores["mode"][order] != table["mode"]
+        mode = scores["mode"][order]
+        other = mode != table["mode"]
         if other.any():
             k = int(np.flatnonzero(other)[0])
             raise DataError(f"{int(other.sum())} clips are in another split than in {csv_path.name} (first: "
-                            f"{table['ids'][k]}: {str(scores['mode'][order][k])!r} here, {str(table['mode'][k])!r} there)",
-                            scores_path)
+                            f"{table['ids'][k]}: {str(mode[k])!r} here, {str(table['mode'][k])!r} there)", scores_path)
     return table, {c: scores[c][order] for c in columns}, scores_path
 
 
