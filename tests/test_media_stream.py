@@ -64,6 +64,21 @@ def test_windows_tile_the_clip_with_at_most_max_len_tokens():
     assert [(w.start, w.end, w.tokens) for w in pipe.windows(empty)] == [(0.0, 3.0, 0)]
 
 
+def test_no_window_is_shorter_than_a_vision_frame():
+    """An ASR may time the last words at the clip's very end (synthetic timing here): the last window is pulled
+    back to at least one 5 fps frame (0.2 s), so it still reads audio and vision; its words stay in it."""
+    text = " ".join(f"w{i} unbelievably" for i in range(40))
+    words = even_words(split_words(text), (0.0, 10.0))
+    words[-4:] = [Word(w.text, 10.0, 10.0) for w in words[-4:]]
+    clip = ClipFrames("synthetic.mp4", Transcript(text, words), {}, 10.0, {})
+    pipe = FeaturePipeline({"asr": {"model": None}})
+    windows = pipe.windows(clip)
+    assert len(windows) >= 2 and all(a.end == b.start for a, b in zip(windows, windows[1:]))
+    assert all(w.end - w.start >= 0.2 - 1e-9 for w in windows)
+    assert [x.text for w in windows for x in w.transcript.words] == split_words(text)
+    assert all(w.start <= x.start for w in windows for x in w.transcript.words)
+
+
 def test_unaligned_windows_also_fit_max_frames():
     """Unaligned layout, audio max_frames 200 at 100 Hz: no window longer than 2 s, even across a pause."""
     words = [Word("hello", 0.5, 0.9), Word("there", 1.0, 1.4), Word("again", 9.0, 9.5)]

@@ -246,7 +246,7 @@ class FeaturePipeline:
                 used = 0
             groups[-1].append(i)
             used += int(n)
-        starts = [0.0] + [t.words[g[0]].start for g in groups[1:]]
+        starts = self._spread([0.0] + [t.words[g[0]].start for g in groups[1:]], duration)
         ends = starts[1:] + [duration]
         chars = [m.span() for m in WORD_RE.finditer(t.text)]
         out = []
@@ -261,6 +261,17 @@ class FeaturePipeline:
                 out.append(Window(float(edges[k]), float(edges[k + 1]),
                                   Transcript(text, [t.words[i] for i in inside], t.source),
                                   min(int(counts[inside].sum()), budget)))
+        return out
+
+    def _spread(self, starts: list[float], duration: float) -> list[float]:
+        """Window starts (seconds) pulled back so that each window lasts at least one frame period of the slowest
+        extractor: an ASR may time the last words at the clip's very end, which would leave a window of ~0 s with
+        no audio or vision frame. The words stay in their window; only the frames it reads move."""
+        gap = max((1.0 / ext.rate for ext in self.extractors.values()), default=0.0)
+        out, end = list(starts), duration
+        for k in range(len(out) - 1, 0, -1):
+            out[k] = max(min(out[k], end - gap), out[k - 1] + gap)
+            end = out[k]
         return out
 
     def _layout(self, transcript: Transcript, frames, span: tuple[float, float], modality: str) -> np.ndarray:
