@@ -17,7 +17,6 @@ beside our finished foundation runs and the in-session timings, and writes OUT_S
 
 from __future__ import annotations
 
-import csv
 import json
 import pickle
 import sys
@@ -27,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from dynafuse.analysis.summary import find_runs, group_runs
-from dynafuse.data.registry import DATASETS, resolve_data_dir
 from dynafuse.errors import DataError
 from dynafuse.files import atomic_write, atomic_write_json, atomic_write_text
 from dynafuse.metrics import aggregate, compute_metrics, format_mean_std
@@ -109,47 +107,8 @@ def convert(dataset: str, out: Path) -> None:
 
 # ---------------------------------------------------------------- export for the KuDA reference
 
-SCORES_CSV = Path("simsv2") / "unimodal_scores.csv"
-SCORE_COLUMNS = {"audio": "pred_a", "vision": "pred_v"}
 UNI_LETTER = {"text": "T", "audio": "A", "vision": "V"}
 REF_SPLITS = ("train", "valid", "test")
-
-
-def add_score_features(bundle, csv_path: Path) -> None:
-    """Audio = `pred_a` and vision = `pred_v` of CH-SIMSv2's released unimodal models, one (1, 1) step per clip.
-
-    An empty score (pred_v: no face found) is a missing modality: length 0, an all-false mask for our models.
-    Raises DataError naming the file when a clip has no row or a score is not a number."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = {f"{r['video_id']}_{r['clip_id']}": r for r in csv.DictReader(f)}
-    for split in bundle.splits.values():
-        missing = [i for i in split.ids if i not in rows]
-        if missing:
-            raise DataError(f"{len(missing)} clips have no scores (first: {missing[0]})", csv_path)
-        for m, col in SCORE_COLUMNS.items():
-            raw = [(rows[i].get(col) or "").strip() for i in split.ids]
-            try:
-                x = np.array([float(v) if v else 0.0 for v in raw], dtype=np.float32)
-            except ValueError as e:
-                raise DataError(f"column {col!r} is not numeric ({e})", csv_path) from None
-            split.features[m], split.lengths[m] = x[:, None, None], np.array([int(bool(v)) for v in raw])
-        split.check(csv_path)
-
-
-def kuda_bundle(dataset: str):
-    """Our prepared data for `dataset`, as `--model kuda` reads it, and the --dataset our side trains on.
-
-    Until dynafuse registers `simsv2-scores`, it is built here from `simsv2` (text_en through frozen MiniLM,
-    label_T/A/V) plus the released unimodal scores as audio and vision; our side then trains on the exported
-    pickle (None is returned for its name), so both sides read the same file."""
-    if dataset in DATASETS or dataset != "simsv2-scores":
-        return prepare_data(build_config("kuda", dataset, [])), dataset
-    bundle = prepare_data(build_config("kuda", "simsv2", []))
-    add_score_features(bundle, resolve_data_dir(None) / SCORES_CSV)
-    bundle.name = dataset
-    bundle.notes.append("built by benchmarks/dynafuse_side.py (dynafuse has no simsv2-scores dataset yet): "
-                        "simsv2 plus audio = pred_a, vision = pred_v of simsv2/unimodal_scores.csv")
-    return bundle, None
 
 
 def text_ids(offset: int, lengths: np.ndarray, width: int) -> np.ndarray:
@@ -170,7 +129,7 @@ def export_kuda(dataset: str, out: Path) -> None:
     steps first). `text` holds our frozen MiniLM token states (N, L, 384); `text_bert` indexes them (see
     `text_ids`). Raises DataError when the data has no text or no unimodal labels (the reference's knowledge
     stage learns from label_T/A/V)."""
-    bundle, ours = kuda_bundle(dataset)
+    bundle = prepare_data(build_config("kuda", dataset, []))
     lacks = (["text"] if "text" not in bundle.modalities else []) + [
         f"label_{letter}" for m, letter in UNI_LETTER.items() if m not in bundle.reference.unimodal]
     if lacks:
@@ -193,7 +152,7 @@ def export_kuda(dataset: str, out: Path) -> None:
             "dims": {m: int(data["train"][m].shape[2]) for m in MODALITIES},
             "seq_lens": {m: int(data["train"][m].shape[1]) for m in MODALITIES},
             "absent": absent, "unknown_unimodal_labels": unknown, "notes": notes + bundle.notes,
-            "ours_dataset": ours or f"mmsa:{out.resolve()}", "ours_overrides": [] if ours else ["data.options.allow_pickle=true"]}
+            "ours_dataset": dataset, "ours_overrides": []}
     atomic_write(out, lambda p: p.write_bytes(pickle.dumps(data, protocol=4)))
     atomic_write_json(out.with_suffix(".json"), info)
     print(json.dumps(info, indent=1))

@@ -98,19 +98,30 @@ def test_cli_unknown_key_is_one_line_exit_2(capsys):
     assert err.count("\n") == 0 and "dropuot" in err and "dropout" in err
 
 
-def test_paper_preset_2501_is_mosei_3class_cross_entropy_adam():
+@pytest.mark.parametrize("model", ["early_fusion", "late_fusion", "attention_fusion"])
+def test_paper_preset_2501_is_mosei_3class_cross_entropy_adam(model):
     import torch
     from omegaconf import OmegaConf
 
     from dynafuse.models import create_model
     from dynafuse.training.module import LitMSA
 
-    cfg = build_config("late_fusion", "mosei", preset="2501.08085")
+    cfg = build_config(model, "mosei", preset="2501.08085")
     assert cfg.model.task == "3class" and cfg.train.optimizer == "adam" and cfg.train.monitor == "acc3"
-    lit = LitMSA(create_model("late_fusion", {"text": 8}, cfg.model), OmegaConf.to_object(cfg.train), 3.0)
+    lit = LitMSA(create_model(model, {"text": 8}, cfg.model), OmegaConf.to_object(cfg.train), 3.0)
     assert type(lit.configure_optimizers()) is torch.optim.Adam
     with pytest.raises(ConfigError, match="unknown preset"):
-        build_config("late_fusion", "mosei", preset="nope")
+        build_config(model, "mosei", preset="nope")
+
+
+def test_kuda_preset_is_the_public_codes():
+    """MKMaS-GUET/KuDA's settings (opts.py, pretrain.py, train.py): MSE, AdamW 3e-5 / wd 1e-5 in stage 2,
+    1e-4 / 1e-3 in stage 1, dropout 0.3; the backbone frozen unless asked (stage-2 fine-tuning is an option)."""
+    cfg = build_config("kuda", "simsv2")
+    assert (cfg.train.loss, cfg.train.lr, cfg.train.weight_decay, cfg.model.dropout) == ("mse", 3e-5, 1e-5, 0.3)
+    assert (cfg.train.stages.unimodal.lr, cfg.train.stages.unimodal.weight_decay) == (1e-4, 1e-3)
+    assert cfg.model.finetune_backbone is False
+    assert build_config("kuda", "simsv2", ["model.finetune_backbone=true"]).model.finetune_backbone is True
 
 
 def test_kuda_narrow_preset_is_the_measured_old_preset_variant():

@@ -8,6 +8,8 @@ backbone), so the file runs in seconds; one test checks the packaged MiniLM-L6 r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -296,6 +298,25 @@ def test_every_parameter_gets_a_gradient(build, task):
     assert [n for n, p in trainable if p.grad is None] == []
     assert [n for n, p in trainable if not torch.isfinite(p.grad).all()] == []
     assert not model.text_backbone.encoder.pooler.dense.weight.requires_grad  # unused, kept out of the optimiser
+
+
+def test_whole_backbone_is_fine_tuned_by_default(build):
+    """The paper fine-tunes the whole backbone: every encoder layer and the embeddings train by default."""
+    model = build()
+    names = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("text_backbone.")]
+    assert all(any(f"layer.{i}." in n for n in names) for i in range(LAYERS))
+    assert any("embeddings." in n for n in names)
+
+
+def test_experiment_files_say_which_crosssent_they_run():
+    """Every experiment file that runs CrossSent says how much of the backbone it fine-tunes (the CPU setting or
+    the paper's whole backbone), so a report row never silently stands for the other one."""
+    import yaml
+
+    for path in (Path(__file__).parents[1] / "experiments").glob("*.yaml"):
+        spec = yaml.safe_load(path.read_text())
+        if "crosssent" in str(spec.get("grid", "")) + str(spec.get("model", "")):
+            assert "model.finetune_layers" in str(spec.get("overrides", [])), path.name
 
 
 def test_finetune_layers_trains_only_the_top_layers(build):

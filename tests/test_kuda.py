@@ -457,9 +457,54 @@ def test_knowledge_plan_own_external_none_and_ablation():
     assert {s["source"] for s in abl.knowledge_sources.values()} == {"multimodal"}
     from dynafuse.models.kuda import KuDA, KuDAConfig
 
-    assert KuDA.stage_datasets(KuDAConfig(), ()) == {"unimodal": "simsv2"}
-    assert KuDA.stage_datasets(KuDAConfig(), ("text", "audio", "vision")) == {}
-    assert KuDA.stage_datasets(KuDAConfig(knowledge_source="multimodal"), ()) == {}
+    all3 = ("text", "audio", "vision")
+    assert KuDA.stage_datasets(KuDAConfig(), all3, ()) == {"unimodal": "simsv2"}
+    assert KuDA.stage_datasets(KuDAConfig(), all3, all3) == {}
+    assert KuDA.stage_datasets(KuDAConfig(knowledge_source="multimodal"), all3, ()) == {}
+    # data without vision but with its own text and audio labels: stage 1 on the data itself, as the plan says
+    assert KuDA.stage_datasets(KuDAConfig(), ("text", "audio"), ("text", "audio")) == {}
+    assert KuDA.stage_datasets(KuDAConfig(modalities=["text"]), all3, ("text",)) == {}
+
+
+def synthetic_bundle(name: str, value_range: float, audio_spec: dict, unimodal: tuple, modalities=("text", "audio")):
+    """A small synthetic dataset: labels at half the range, unimodal labels for `unimodal`, text and audio."""
+    import numpy as np
+
+    from dynafuse.data.core import Bundle, Split
+
+    rng, n = np.random.default_rng(0), 4
+    dims = {"text": 8, "audio": 5, "vision": 3}
+    splits = {s: Split(ids=np.array([f"{s}{i}" for i in range(n)]), y=np.full(n, value_range / 2, np.float32),
+                       features={m: rng.standard_normal((n, 3, dims[m])).astype(np.float32) for m in modalities},
+                       lengths={m: np.full(n, 3) for m in modalities},
+                       unimodal={m: np.full(n, value_range / 2, np.float32) for m in unimodal})
+              for s in ("train", "valid", "test")}
+    spec = {"text": {"backbone": "minilm", "layout": "aligned"}, "audio": audio_spec, "vision": {"extractor": "v"}}
+    return Bundle(name, splits, value_range=value_range, feature_spec={m: spec[m] for m in modalities})
+
+
+def test_external_knowledge_data_is_put_on_the_targets_terms(monkeypatch):
+    """Synthetic bundles. A [-3, 3] target without unimodal labels learns knowledge from a [-1, 1] external set:
+    text (same spec) is provided, audio (another extractor) is not and is fed as missing; labels and unimodal labels
+    are rescaled x3; the model's plan (written to run.json) says text external, audio none."""
+    from dynafuse.training import run
+    from dynafuse.training.settings import build_config
+
+    target = synthetic_bundle("mosi", 3.0, {"extractor": "covarep"}, ())
+    external = synthetic_bundle("simsv2", 1.0, {"extractor": "egemaps"}, ("text", "audio", "vision"))
+    monkeypatch.setattr(run, "prepare_data", lambda cfg, splits=None: external)
+    context, stages = run.data_context(build_config("kuda", "mosi"), target)
+    assert context == {"unimodal_labels": [], "stage_modalities": {"unimodal": ["text"]}}
+    train = stages["unimodal"].splits["train"]
+    assert stages["unimodal"].value_range == 3.0 and (train.y == 1.5).all() and (train.unimodal["text"] == 1.5).all()
+    assert (train.lengths["audio"] == 0).all() and (train.lengths["text"] == 3).all()
+    model = create_model("kuda", target.input_dims(), CFG, value_range=3.0, **context)
+    assert model.run_info()["knowledge"]["text"]["source"] == "external"
+    assert model.run_info()["knowledge"]["audio"]["source"] == "none"
+    own = synthetic_bundle("sims", 1.0, {"extractor": "egemaps"}, ("text", "audio"))  # no vision, own labels
+    context, stages = run.data_context(build_config("kuda", "sims"), own)
+    assert stages == {} and {s["source"] for s in create_model(
+        "kuda", own.input_dims(), CFG, value_range=1.0, **context).knowledge_sources.values()} == {"own"}
 
 
 def test_partial_knowledge_ratios_keep_a_fixed_share_for_the_modality_without_knowledge():

@@ -4,7 +4,6 @@ synthetic; the benchmark itself runs on the real CH-SIMSv2 data."""
 
 from __future__ import annotations
 
-import csv
 import json
 import pickle
 import sys
@@ -16,7 +15,6 @@ import torch
 from torch import nn
 
 from dynafuse.data.core import Bundle, Split
-from dynafuse.errors import DataError
 from dynafuse.training import build_config
 from dynafuse.training.run import prepare_data
 
@@ -47,54 +45,29 @@ def bundle() -> Bundle:
     return Bundle(name="synthetic", splits=splits, value_range=1.0, source="synthetic")
 
 
-def write_scores(path: Path, bundle: Bundle, skip: str | None = None) -> dict[str, tuple[str, str]]:
-    """unimodal_scores.csv for the bundle's clips; every third clip has no pred_v (no face)."""
-    scores = {}
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["video_id", "clip_id", "pred_t", "pred_a", "pred_v", "mode"])
-        for s, split in bundle.splits.items():
-            for i, clip in enumerate(split.ids):
-                if clip == skip:
-                    continue
-                video, cid = clip.rsplit("_", 1)
-                scores[clip] = (f"{0.1 * i - 0.3:.2f}", "" if i % 3 == 0 else f"{0.5 - 0.1 * i:.2f}")
-                w.writerow([video, cid, "0.0", *scores[clip], s])
-    return scores
-
-
-def test_score_features_are_length1_sequences_and_a_missing_face_is_absent(tmp_path, bundle):
-    scores = write_scores(tmp_path / "scores.csv", bundle)
-    dynafuse_side.add_score_features(bundle, tmp_path / "scores.csv")
+def with_scores(bundle: Bundle) -> Bundle:
+    """Audio and vision as one (1, 1) step per clip, as simsv2-scores has them; every third clip has no face."""
     for split in bundle.splits.values():
-        assert split.features["audio"].shape == (len(split), 1, 1)
-        for i, clip in enumerate(split.ids):
-            a, v = scores[clip]
-            assert split.features["audio"][i, 0, 0] == pytest.approx(float(a))
-            assert split.lengths["vision"][i] == (1 if v else 0)
-            assert split.features["vision"][i, 0, 0] == pytest.approx(float(v) if v else 0.0)
-    assert bundle.input_dims() == {"text": 4, "audio": 1, "vision": 1}
-
-
-def test_score_features_refuse_a_clip_without_scores(tmp_path, bundle):
-    write_scores(tmp_path / "scores.csv", bundle, skip=bundle.splits["valid"].ids[2])
-    with pytest.raises(DataError, match="1 clips have no scores") as e:
-        dynafuse_side.add_score_features(bundle, tmp_path / "scores.csv")
-    assert "scores.csv" in str(e.value)
+        n = len(split)
+        for m in ("audio", "vision"):
+            split.features[m] = np.linspace(-0.5, 0.5, n, dtype=np.float32)[:, None, None]
+            split.lengths[m] = np.ones(n, dtype=np.int64)
+        split.features["vision"][::3], split.lengths["vision"][::3] = 0, 0
+    return bundle
 
 
 def test_export_is_read_back_identically_by_our_reader(tmp_path, bundle, monkeypatch):
-    """Both sides read one file: our `mmsa:` reader must see the exported tensors, lengths and labels, and
+    """The export is our data exactly: our `mmsa:` reader must see the exported tensors, lengths and labels, and
     text_bert's ids must index the flattened `text` rows, as the reference's BERT stand-in reads them."""
-    write_scores(tmp_path / "scores.csv", bundle)
-    dynafuse_side.add_score_features(bundle, tmp_path / "scores.csv")
-    monkeypatch.setattr(dynafuse_side, "kuda_bundle", lambda name: (bundle, None))
+    monkeypatch.setattr(dynafuse_side, "prepare_data", lambda cfg: with_scores(bundle))
+    monkeypatch.setattr(dynafuse_side, "build_config", lambda *args: None)
     out = tmp_path / "export.pkl"
     dynafuse_side.export_kuda("synthetic", out)
     info = json.loads(out.with_suffix(".json").read_text())
-    assert info["ours_dataset"] == f"mmsa:{out.resolve()}" and info["seq_lens"] == {"text": 6, "audio": 1, "vision": 1}
+    assert info["ours_dataset"] == "synthetic" and info["seq_lens"] == {"text": 6, "audio": 1, "vision": 1}
     assert info["unknown_unimodal_labels"]["T"] == {"train": 1, "valid": 1, "test": 1}
-    ours = prepare_data(build_config("kuda", info["ours_dataset"], info["ours_overrides"]))
+    assert info["absent"]["vision"] == {"train": 3, "valid": 2, "test": 2}
+    ours = prepare_data(build_config("kuda", f"mmsa:{out}", ["data.options.allow_pickle=true"]))
     data = pickle.loads(out.read_bytes())
     table = np.concatenate([data[s]["text"] for s in SPLITS]).reshape(-1, 4)
     stats = bundle.feature_stats()

@@ -206,3 +206,17 @@ def test_other_bad_input():
         aggregate([])
     with pytest.raises(ValueError):
         format_mean_std({}, "acc7")
+
+
+def test_mse_and_macro_f1_by_hand_and_error_metrics_are_minimised():
+    """Case A by hand: squared errors .04 .16 .81 .36 4.84 -> MSE 1.242; has0 F1 per class 0.5 (neg) and 2/3
+    -> macro 58.33 beside weighted 60; non0 both classes 0.5 -> 50. MSE (CrossSent's selection) and MMSA's MAE
+    are minimised, by the trainer's monitor and by `dynafuse tune`."""
+    from dynafuse.experiments.search import direction
+    from dynafuse.metrics import lower_is_better
+    from dynafuse.training.settings import MONITORS
+
+    m = compute_metrics(PRED_A, LABEL_A)
+    assert m["mse"] == approx(1.242) and m["f1_has0_macro"] == approx(175 / 3) and m["f1_non0_macro"] == approx(50.0)
+    assert "mse" in MONITORS and lower_is_better("valid/mse") and direction("mae_mmsa") == "minimize"
+    assert not lower_is_better("corr_mmsa") and direction("acc7") == "maximize"

@@ -153,6 +153,20 @@ def test_attention_gates_are_a_softmax_over_present_modalities(batch):
     assert (gates[[0, 2, 4], 1] > 0).all()
 
 
+def test_attention_gates_are_the_weights_that_make_the_fused_vector(batch):
+    """Synthetic batch: the written weights w (B, M) rebuild the pooled vector, out_proj(sum_m w_m V h_m), with h
+    the modality states after self-attention; the self-attention map would not."""
+    model = build("attention_fusion").eval()
+    states = {}
+    model.norm.register_forward_hook(lambda mod, inp, out: states.update(h=out))
+    with torch.no_grad():
+        out = model(drop(batch, "audio", [1, 3]))
+        d = states["h"].shape[-1]
+        v = states["h"] @ model.pool.in_proj_weight[2 * d:].T + model.pool.in_proj_bias[2 * d:]  # (B, M, d)
+        rebuilt = model.pool.out_proj((out.gates["modality"].unsqueeze(-1) * v).sum(1))
+    torch.testing.assert_close(out.fused, rebuilt)
+
+
 def test_attention_gates_with_all_present(batch):
     model = build("attention_fusion").eval()
     with torch.no_grad():

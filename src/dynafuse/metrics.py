@@ -230,8 +230,9 @@ LOWER_IS_BETTER = frozenset({"mae", "mse", "jump2", "mean_abs_jump", "loss"})
 
 
 def lower_is_better(metric: str) -> bool:
-    """True for error metrics (MAE, MSE, Jump2+, MeanAbsJump, a loss), False for accuracies, F1, Corr, QWK."""
-    return metric.split("/")[-1] in LOWER_IS_BETTER
+    """True for error metrics (MAE, MSE, Jump2+, MeanAbsJump, a loss; also under MMSA's rules, `mae_mmsa`), False
+    for accuracies, F1, Corr, QWK. `metric` may carry a split prefix (`valid/mae`)."""
+    return metric.split("/")[-1].removesuffix("_mmsa") in LOWER_IS_BETTER
 
 
 def score_metrics(pred, y, task: str = "regression", value_range: float = 3.0) -> dict[str, float]:

@@ -6,7 +6,7 @@ dataset: mosi
 out: runs/tune/kuda-mosi       # trial-NNN/ run folders, study.db, trials.csv, best.yaml
 trials: 20                     # completed trials wanted (a rerun only adds the missing ones)
 seed: 0                        # the sampler's seed, and every trial's train.seed
-metric: mae                    # read from metrics.json["valid"]; mae, jump2, mean_abs_jump minimised, others maximised
+metric: mae                    # read from metrics.json["valid"]; error metrics (mae, mse, jump2, ...) minimised, others maximised
 overrides: [train.progress=false]   # applied to every trial
 task: regression               # optional, as in `dynafuse train --task`
 backend: optuna                # or ray (Ray Tune + OptunaSearch); same as --backend

@@ -133,10 +133,10 @@ class MSAModel(nn.Module):
         self.out_dim = 1 if self.task == "regression" else 3
         self.value_range = float(value_range)
         self.label_scale = self.value_range / 3.0  # 1 on [-3, 3] data, 1/3 on [-1, 1] (SIMS)
-        wanted = cfg.modalities or list(input_dims)
-        self.modalities = [m for m in MODALITIES if m in wanted and m in input_dims]
+        self.modalities = self.used_modalities(cfg, input_dims)
         if not self.modalities:
-            raise ConfigError(f"model {cfg.name} needs one of {list(wanted)} but the data has {list(input_dims)}")
+            raise ConfigError(f"model {cfg.name} needs one of {list(cfg.modalities or MODALITIES)} but the data has "
+                              f"{list(input_dims)}")
         self.input_dims = {m: input_dims[m] for m in self.modalities}
         form = TOKEN_IDS if self.input_dims.get("text") == 0 else TEXT_FEATURES
         if "text" in self.input_dims and form not in self.text_inputs:
@@ -206,8 +206,14 @@ class MSAModel(nn.Module):
         but the layers above, so the trainer may compute them once per dataset; 0 by default."""
         return 0
 
+    @staticmethod
+    def used_modalities(cfg: ModelConfig, data_modalities) -> list[str]:
+        """The modalities the model reads: those of `cfg.modalities` (all when empty) that the data has."""
+        wanted = cfg.modalities or list(data_modalities)
+        return [m for m in MODALITIES if m in wanted and m in data_modalities]
+
     @classmethod
-    def stage_datasets(cls, cfg: ModelConfig, unimodal_labels) -> dict[str, str]:
+    def stage_datasets(cls, cfg: ModelConfig, data_modalities, unimodal_labels) -> dict[str, str]:
         """Stages trained on another dataset than the run's ({stage: dataset name}); none by default."""
         return {}
 

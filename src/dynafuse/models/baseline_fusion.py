@@ -7,7 +7,9 @@ Each modality has its own `ModalityEncoder` (the paper's ModalityTransformer). T
 - A1 early fusion: concatenate the final states, then one head;
 - A2 multi-head attention, "learned weights" over the modalities: multi-head self-attention over the modality
   states, then a learned query pools them with one softmax weight per modality (those weights are the
-  `gates["modality"]` written out: the weights that combine the modalities), then one head.
+  `gates["modality"]` written out: the weights that combine the modality states; each state has already mixed
+  in the others through the self-attention, so a weight is that of the states at modality m's position), then
+  one head.
 A unimodal model is early fusion over a single modality. The paper's own task (CMU-MOSEI, 3 classes,
 cross-entropy, Adam) is the preset `--preset 2501.08085`.
 """

@@ -49,7 +49,7 @@ from torch import nn
 
 from .. import losses
 from ..config import ModelConfig, at_least, one_of, positive
-from ..data.core import MODALITIES, UNIMODAL_KEYS
+from ..data.core import UNIMODAL_KEYS
 from ..data.tables import UNI_COLUMNS as UNI_LABEL
 from ..errors import ConfigError
 from .base import ModelOutput, MSAModel, register_model
@@ -250,10 +250,10 @@ class KuDA(MSAModel):
     stages = ("unimodal", "fusion")
 
     @classmethod
-    def stage_datasets(cls, cfg: KuDAConfig, unimodal_labels) -> dict[str, str]:
-        """Stage 1 trains on `knowledge_dataset` when the target data lacks unimodal labels for a modality
-        (knowledge_source auto); on the target itself otherwise."""
-        mods = cfg.modalities or MODALITIES
+    def stage_datasets(cls, cfg: KuDAConfig, data_modalities, unimodal_labels) -> dict[str, str]:
+        """Stage 1 trains on `knowledge_dataset` when the target data lacks unimodal labels for a modality the
+        model reads (knowledge_source auto); on the target itself otherwise (as `knowledge_plan` decides)."""
+        mods = cls.used_modalities(cfg, data_modalities)
         if cfg.knowledge and cfg.knowledge_source == "auto" and not set(mods) <= set(unimodal_labels):
             return {"unimodal": cfg.knowledge_dataset}
         return {}

@@ -160,7 +160,7 @@ def data_context(cfg: DictConfig, bundle: Bundle) -> tuple[dict, dict[str, Bundl
     """What the model is told about the data (recorded in run.json as `model_context`), and the bundles of the
     stages its family trains on other datasets."""
     unimodal = bundle.unimodal_label_modalities()
-    wanted = model_entry(cfg.model.name).cls.stage_datasets(OmegaConf.to_object(cfg.model), unimodal)
+    wanted = model_entry(cfg.model.name).cls.stage_datasets(OmegaConf.to_object(cfg.model), bundle.input_dims(), unimodal)
     stages = {stage: stage_data(cfg, name, bundle) for stage, name in wanted.items()}
     context = {"unimodal_labels": list(unimodal), "stage_modalities": {s: p for s, (_, p) in stages.items()}}
     return context, {s: b for s, (b, _) in stages.items()}
