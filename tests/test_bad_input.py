@@ -747,6 +747,22 @@ def test_nothing_readable_left_is_one_error(command, three_runs, tmp_path, capsy
     assert "all 3 were skipped" in lines[-1] and not list(tmp_path.glob("rep*"))
 
 
+@pytest.mark.parametrize("command", ["report", "summarize"])
+def test_a_run_counts_once_as_one_seed(command, three_runs, tmp_path, capsys):
+    """The same folder given twice (or inside a root given too) is read once; a copied run folder (same model,
+    data and seed) is left out with one warning instead of counting as another seed."""
+    import shutil
+
+    shutil.copytree(three_runs[0], tmp_path / "copy" / "daf-s0")
+    out = tmp_path / "rep"
+    assert run_cli([command, tmp_path / "runs", three_runs[1], tmp_path / "copy", "--out", out]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "copy" / "daf-s0") in err[0] and "same model" in err[0], err
+    summary = json.loads((out.with_suffix(".json")).read_text())
+    groups = summary["groups"] if command == "report" else summary
+    assert [(g["n_seeds"], g["seeds"]) for g in groups] == [(3, [0, 1, 2])]
+
+
 def test_damaged_transfer_file_is_left_out_of_the_report(three_runs, tmp_path, capsys):
     bad = write(three_runs[0] / "transfer-sims.json", '{"target": "sims", "metr')
     assert run_cli(["report", tmp_path / "runs", "--out", tmp_path / "rep"]) == 0

@@ -151,3 +151,24 @@ def test_a_preset_is_for_its_models_and_keeps_their_dataset_budget(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "kuda", "--dataset", "mosi", "--preset", "kuda-narrow", "--preset", "2501.08085"])
     assert "--preset given twice" in capsys.readouterr().err
+
+
+def test_unknown_stage_names_are_refused():
+    """A typo in a stage name (train.stages.NAME, train.skip_stages) would be ignored in silence: one line."""
+    with pytest.raises(ConfigError, match="train stage 'unimodl': kuda trains in the stages unimodal, fusion"):
+        build_config("kuda", "mosi", ["train.stages.unimodl.lr=1e-3"])
+    with pytest.raises(ConfigError, match="train stage 'foo': daf trains in the stage main"):
+        build_config("daf", "mosi", ["train.skip_stages=[foo]"])
+    assert build_config("kuda", "mosi", ["train.skip_stages=[unimodal]"]).train.skip_stages == ["unimodal"]
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.modalities=text", "model.modalities must be a list, e.g. model.modalities=[text,audio]"),
+    ("model.modalities=[smell]", "'smell' is not a modality; choose from text, audio, vision"),
+    ("=3", "must look like key.path=value (a key is empty)"),
+    ("train..lr=3", "must look like key.path=value (a key is empty)"),
+])
+def test_malformed_overrides_say_what_is_wrong(override, words):
+    with pytest.raises(ConfigError) as e:
+        build_config("daf", "mosi", [override])
+    assert words in str(e.value)

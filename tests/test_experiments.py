@@ -59,6 +59,20 @@ def test_experiment_file_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("seeds: [0]\n")
     with pytest.raises(ConfigError, match="grid"):
         load_experiment(tmp_path / "bad.yaml")
+    block = {"models": ["daf"], "datasets": ["mosi"]}
+    for grid, problem in (
+            # the second block would find the first one's run folder finished and never train
+            ([block, {**block, "overrides": ["model.dropout=0.25"]}], r"grid\[0\] and grid\[1\] both write mosi/daf-s0"),
+            ([{**block, "variants": {"": [], None: ["model.dropout=0.2"]}}], "two names for the plain model"),
+            ([{**block, "variants": {"../escape": []}}], "'../escape' is not a variant name"),
+            ([{**block, "variants": {"a b/c": []}}], "'a b/c' is not a variant name"),
+            ([{**block, "datasets": [f"path:{tmp_path}/none"]}], "none': no such file or folder"),
+            ([{**block, "seeds": 3}], r"seeds must be a list of seeds, e.g. \[0, 1, 2\]")):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"grid": grid}))
+        with pytest.raises(ConfigError, match=problem):
+            load_experiment(tmp_path / "bad.yaml")
+    (tmp_path / "same.yaml").write_text(yaml.safe_dump({"grid": [block, {**block, "evaluate": {"robustness": True}}]}))
+    load_experiment(tmp_path / "same.yaml")  # the same cell twice (other evaluations): one folder, one training
 
 
 @pytest.mark.slow

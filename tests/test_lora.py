@@ -161,6 +161,21 @@ def test_checkpoint_round_trip_loads_weights_only(tiny, tmp_path):
         torch.testing.assert_close(fresh.model.eval()(b).logits, model(b).logits, atol=0, rtol=0)
 
 
+def test_a_broken_checkpoint_is_named_as_such_with_or_without_allow_pickle(tmp_path):
+    """Empty, random bytes, cut in half: one line each that says what is wrong, never a request for --allow-pickle."""
+    from dynafuse.errors import DynafuseError
+
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(64, 64)}}, good)
+    cases = {"empty.ckpt": b"", "random.ckpt": bytes(range(256)) * 20, "cut.ckpt": good.read_bytes()[:3000]}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        for allow in (False, True):
+            with pytest.raises(DynafuseError, match="empty checkpoint" if not data else "corrupt or truncated") as e:
+                read_checkpoint(tmp_path / name, allow)
+            assert name in str(e.value) and "allow-pickle" not in str(e.value) and "\n" not in str(e.value)
+
+
 def test_kuda_tunes_only_the_adapters_in_its_fusion_stage(tiny):
     """KuDA's token-id path (the backbone's hidden states feed its text adapters): stage 1 keeps the backbone
     frozen; stage 2 with finetune_backbone trains the LoRA adapters only. LoRA on a backbone KuDA keeps frozen

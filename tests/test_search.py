@@ -108,6 +108,20 @@ def test_search_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown backend"):
         search.tune(_write(tmp_path), backend="grid")
     assert search.direction("mae") == "minimize" and search.direction("acc2_has0") == "maximize"
+    with pytest.raises(ConfigError, match="'f1_3' is not computed in the regression task"):
+        search.load_search(_write(tmp_path, metric="f1_3"))
+    with pytest.raises(ConfigError, match="'mae' is not computed in the 3class task; choose one of acc3, f1_3"):
+        search.load_search(_write(tmp_path, metric="mae", task="3class"))
+
+
+def test_a_trial_folder_is_a_run_folder_training_accepts(tmp_path):
+    """The folder a trial claims holds its params.json before training starts: the run lock must accept it."""
+    from dynafuse.training.rundir import RunDir
+
+    run = search.trial_dir(tmp_path / "tune", {"train.lr": 1e-3})
+    assert (run / "params.json").exists() and RunDir(run).foreign_files() == []
+    with RunDir(run).lock():
+        pass
 
 
 @pytest.mark.heavy  # ~2 min of real training; the fast tests cover selection and resume

@@ -269,6 +269,8 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, raw = item.split("=", 1)
+        if not all(key.strip().split(".")):
+            raise ConfigError(f"override {item!r} must look like key.path=value (a key is empty)")
         node = out
         *parents, leaf = key.strip().split(".")
         for p in parents:
@@ -313,6 +315,8 @@ def _explain(e: OmegaConfBaseException, base: DictConfig) -> str:
         return f"unknown key {key!r} in {section}{hint}"
     if "is not a subclass of" in first or "Merge error" in first:
         return f"{key or 'a section'} must be a mapping of settings, not a single value ({first})"
+    if "is not a ListConfig" in first:
+        return f"{key} must be a list, e.g. {key}=[text,audio], not a single value"
     return f"{key}: {first}" if key else first
 
 

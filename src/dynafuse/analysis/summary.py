@@ -21,7 +21,7 @@ def find_runs(roots: list[str | Path], split: str | None = None) -> list[dict]:
     """Every finished run under the given roots, as `RunDir.record()` rows. A run whose files are damaged
     (truncated run.json or metrics.json, broken config.yaml) or whose metrics lack `split` is skipped with one
     warning line naming the file, so one bad folder does not stop a report over hundreds; none left is an error."""
-    rows, skipped = [], 0
+    rows, skipped, seen = [], 0, {}
     for run in find_run_dirs(roots):
         try:
             row = run.record()
@@ -30,6 +30,10 @@ def find_runs(roots: list[str | Path], split: str | None = None) -> list[dict]:
         except DataError as e:
             warn(f"{e.problem}; skipped this run", e.path)
             skipped += 1
+            continue
+        twin = seen.setdefault((*group_key(row), row["seed"]), row["dir"])
+        if twin != row["dir"]:  # a copied folder would count as another seed
+            warn(f"the same model, data, variant and seed {row['seed']} as {twin}; skipped this run", row["dir"])
             continue
         rows.append(row)
     if skipped and not rows:

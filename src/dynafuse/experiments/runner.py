@@ -41,6 +41,7 @@ seeds and tested once: `variants: {tuned: [<best.yaml's overrides>]}`.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -97,7 +98,11 @@ def listed(value, key: str, source: object, kind: type = str, required: bool = F
 
 
 def seed_list(value, key: str, source: object) -> list[int]:
-    """Seeds: a non-empty list of distinct integers >= 0 (a repeated seed would train one folder twice)."""
+    """Seeds: a non-empty list of distinct integers >= 0 (a repeated seed would train one folder twice). A single
+    number is refused: `seeds: 3` reads as three seeds but would be the one seed 3."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be a list of seeds, e.g. [0, 1, 2] (or [{value}] for the one seed {value}), "
+                          f"not {value!r}", source)
     seeds = listed(value, key, source, int, required=True)
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{key} must be distinct integers >= 0, not {value!r}", source)
@@ -130,7 +135,13 @@ def _block(entry: object, where: str, p: Path) -> dict:
     variants = entry.get("variants") or {"": []}
     if not isinstance(variants, dict):
         raise ConfigError(f"{where}.variants maps a variant name to its overrides, not {variants!r}", p)
-    out["variants"] = {str(k or ""): overrides_list(v, f"{where}.variants.{k}", p) for k, v in variants.items()}
+    names = [str(k) if k is not None else "" for k in variants]
+    bad = [n for n in names if n and not re.fullmatch(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*", n)]
+    if bad or len(set(names)) != len(names):
+        raise ConfigError(f"{where}.variants: {bad[0]!r} is not a variant name (letters, digits, _ . + -; it "
+                          "names the run folder)" if bad else f"{where}.variants: two names for the plain model "
+                          "(an empty and a null name)", p)
+    out["variants"] = {n: overrides_list(v, f"{where}.variants.{k}", p) for n, (k, v) in zip(names, variants.items())}
     evaluate = entry.get("evaluate") or {}
     if (not isinstance(evaluate, dict) or set(evaluate) - set(EVALUATIONS)
             or not isinstance(evaluate.get("transfer") or [], list)):
@@ -140,15 +151,22 @@ def _block(entry: object, where: str, p: Path) -> dict:
 
 def check_cells(spec: dict, p: Path) -> None:
     """Build every cell's config (and name every dataset) now, so a typo fails in one line before any training."""
-    done = set()
+    done, folders = set(), {}
     for i, entry in enumerate(spec["grid"]):
         for dataset in [*entry["datasets"], *((entry.get("evaluate") or {}).get("transfer") or [])]:
             try:
                 reader_of(dataset)
             except ConfigError as e:
                 raise ConfigError(f"grid[{i}]: {e.problem}", p) from None
+            if ":" in dataset and not Path(dataset.split(":", 1)[1]).exists():  # cells run in this folder
+                raise ConfigError(f"grid[{i}]: dataset {dataset!r}: no such file or folder (paths are read from "
+                                  f"{os.getcwd()})", p)
         for c in expand({**spec, "grid": [entry]}):
             key = (c.model, c.dataset, c.task, c.preset, tuple(c.overrides), c.variant)
+            run, (j, other) = c.run_dir(Path(".")), folders.setdefault(c.run_dir(Path(".")), (i, key))
+            if other != key:  # the second cell would find the first one's finished run and never train
+                raise ConfigError(f"grid[{j}] and grid[{i}] both write {run} with other settings: give one of "
+                                  "them a variant name", p)
             if key in done:
                 continue
             done.add(key)

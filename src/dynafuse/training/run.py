@@ -17,6 +17,7 @@ import shutil
 import signal
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -312,15 +313,26 @@ def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict:
     unless `allow_pickle` (the user trusts it)."""
     if not Path(path).exists():
         raise DynafuseError("no such checkpoint", path)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut or overwritten file is not one
+        size = Path(path).stat().st_size
+        raise DynafuseError("empty checkpoint (0 bytes)" if size == 0 else f"corrupt or truncated checkpoint ({size} "
+                            "bytes that are not a torch zip archive)", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as e:  # torch's weights-only unpickler met something other than plain data
-        raise DynafuseError("refusing to load it: it holds objects other than weights, which would run code "
-                            f"({str(e).splitlines()[-1].strip()[:120]}); dynafuse never writes such checkpoints. "
-                            "Load it only if you trust it: --allow-pickle", path) from None
+    except pickle.UnpicklingError as e:
+        if not allow_pickle and "Weights only load failed" in str(e):  # something other than plain data in it
+            raise DynafuseError("refusing to load it: it holds objects other than weights, which would run code "
+                                f"({str(e).splitlines()[-1].strip()[:120]}); dynafuse never writes such "
+                                "checkpoints. Load it only if you trust it: --allow-pickle", path) from None
+        raise DynafuseError(f"corrupt checkpoint ({first_line(e)})", path) from None
     except (EOFError, RuntimeError, KeyError, TypeError, ValueError, OSError) as e:
-        raise DynafuseError(f"corrupt or truncated checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})",
-                            path) from None
+        raise DynafuseError(f"corrupt or truncated checkpoint ({type(e).__name__}: {first_line(e)})", path) from None
+
+
+def first_line(e: Exception, width: int = 120) -> str:
+    """An exception's first line, at most `width` characters (torch's messages run to paragraphs)."""
+    line = next(iter(str(e).splitlines()), "").strip() or type(e).__name__
+    return line if len(line) <= width else line[:width - 3] + "..."
 
 
 def load_weights(lit: LitMSA, path: Path, strict: bool = True, allow_pickle: bool = False) -> None:
@@ -402,6 +414,8 @@ def _train(cfg: DictConfig, run: RunDir, resume: bool, force: bool, first: bool 
     if first and run.started and not (resume or force):
         raise DynafuseError("an unfinished run is here: pass --resume to continue it, or --force to start over",
                             run.path)
+    if first and resume and not run.started:
+        print(f"--resume: no run started in {run.path}; starting a new one", flush=True)
     if first and force and not resume:
         run.clear_results()
         shutil.rmtree(run / "checkpoints", ignore_errors=True)

@@ -29,9 +29,10 @@ from ..files import atomic_write_json, atomic_write_text, safe_name
 
 CONFIG, INFO, METRICS, ORDINAL, PREDICTIONS = "config.yaml", "run.json", "metrics.json", "ordinal.json", "predictions.csv"
 ROBUSTNESS = "robustness.json"
-# everything a run folder may hold (also transfer-*.json); the runner writes train.log before the training starts
+# everything a run folder may hold (also transfer-*.json); the runner writes train.log before the training starts,
+# `dynafuse tune` a trial's params.json
 RUN_NAMES = {CONFIG, INFO, METRICS, ORDINAL, PREDICTIONS, ROBUSTNESS, "checkpoints", "logs", "train.log", "explain",
-             ".lock", ".lock.owner"}
+             "params.json", ".lock", ".lock.owner"}
 
 
 class RunDir:
@@ -219,11 +220,15 @@ class RunDir:
 
 
 def find_runs(roots: list[str | Path]) -> list[RunDir]:
-    """Every finished run folder (with run.json) under the given folders (or the folders themselves)."""
-    out = []
+    """Every finished run folder (with run.json) under the given folders (or the folders themselves), each once
+    however many of the roots hold it."""
+    out, seen = [], set()
     for root in roots:
         root = Path(root)
         if not root.exists():
             raise ConfigError("no such folder", root)
-        out += [RunDir(p.parent) for p in sorted(root.rglob(INFO)) if (p.parent / CONFIG).exists()]
+        for p in sorted(root.rglob(INFO)):
+            if (p.parent / CONFIG).exists() and p.parent.resolve() not in seen:
+                seen.add(p.parent.resolve())
+                out.append(RunDir(p.parent))
     return out
