@@ -111,10 +111,10 @@ def test_resume_with_other_settings_is_one_line(data_dir, tmp_path):
 
 
 def long_training(out: Path, data_dir, **popen):
-    """`dynafuse train` of early fusion on MOSI for 30 epochs into `out`, started in the background: its args and
-    process."""
+    """`dynafuse train` of early fusion on MOSI for 500 epochs (~10 min: longer than any second command takes to
+    start under load; the tests stop it) into `out`, started in the background: its args and process."""
     args = ["train", "--model", "early_fusion", "--dataset", "mosi", "--out", str(out), "--data-dir", str(data_dir),
-            "train.progress=false", "train.max_epochs=30", "train.patience=100"]
+            "train.progress=false", "train.max_epochs=500", "train.patience=500"]
     return args, subprocess.Popen([sys.executable, "-m", "dynafuse.cli", *args], stdout=subprocess.DEVNULL, **popen)
 
 
@@ -136,9 +136,10 @@ def test_two_trainings_into_one_folder(data_dir, tmp_path):
     out = tmp_path / "run"
     args, first = long_training(out, data_dir, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (out / ".lock.owner").exists():
+        deadline = time.time() + 900  # under load the first one can take minutes to import and take the lock
+        while time.time() < deadline and not (out / ".lock.owner").exists() and first.poll() is None:
             time.sleep(0.1)
+        assert (out / ".lock.owner").exists(), "the first training never took the lock"
         second = cli(*args, "--force")
         assert second.returncode == 2 and "another training is using this run folder" in second.stderr
         assert f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
