@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from dynafuse.errors import ConfigError
+from dynafuse.errors import ConfigError, DynafuseError
 from dynafuse.experiments.runner import Cell, expand, load_experiment, run_experiment, share_threads
 
 
@@ -73,6 +73,16 @@ def test_experiment_file_errors(tmp_path):
             load_experiment(tmp_path / "bad.yaml")
     (tmp_path / "same.yaml").write_text(yaml.safe_dump({"grid": [block, {**block, "evaluate": {"robustness": True}}]}))
     load_experiment(tmp_path / "same.yaml")  # the same cell twice (other evaluations): one folder, one training
+
+
+def test_report_only_with_nothing_finished_is_an_error(tmp_path):
+    """`--report-only` before any cell has finished writes nothing and says so, instead of a silent exit 0."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"out": str(tmp_path / "runs"), "report": str(tmp_path / "rep"),
+                                    "grid": [{"models": ["daf"], "datasets": ["mosi"]}]}))
+    with pytest.raises(DynafuseError, match="no finished cell to report yet"):
+        run_experiment(path, report_only=True)
+    assert not list(tmp_path.glob("rep*"))
 
 
 @pytest.mark.slow

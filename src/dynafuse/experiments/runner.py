@@ -386,4 +386,7 @@ def run_experiment(path: str | Path, data_dir: str | None = None, workers: int |
     finished = [c.run_dir(out) for c in cells if RunDir(c.run_dir(out)).finished]
     if spec.get("report") and finished:  # only this experiment's cells, even when several experiments share `out`
         write_report(finished, spec["report"], data_dir=data_dir)
+    elif report_only:
+        raise DynafuseError("no finished cell to report yet: run the experiment first" if spec.get("report") else
+                            "the experiment file names no `report:` to write", path)
     return failed

@@ -138,9 +138,9 @@ class RunDir:
         stages = info["stages"]
         best = self.resolve(stages[list(stages)[-1]]["best"])
         if not best.exists():
-            raise DynafuseError(f"its checkpoint {self.relative(best)} is not here (committed runs carry no "
-                                "checkpoints): use a run trained on this machine (e.g. runs/demo from `make demo`), "
-                                "or copy the run's checkpoints/ folder", self.path)
+            raise DynafuseError(f"its checkpoint {self.relative(best)} is not here (deleted, or a committed run: "
+                                "those carry no checkpoints): use a run trained on this machine (e.g. runs/demo from "
+                                "`make demo`), or copy the run's checkpoints/ folder", self.path)
         return best
 
     def has_checkpoint(self) -> bool:
