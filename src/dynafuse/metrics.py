@@ -71,6 +71,7 @@ METRIC_KEYS = (
     "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc3", "acc5", "acc7",
     "mae", "corr", "qwk", "jump2", "mean_abs_jump", "mse", "f1_has0_macro", "f1_non0_macro", "n",
 )
+CLASS_KEYS = ("acc3", "f1_3")  # what the 3-class task computes (compute_class_metrics, besides n)
 MMSA_KEYS = {3.0: ("acc2_has0_mmsa", "acc2_non0_mmsa", "f1_has0_mmsa", "f1_non0_mmsa", "acc5_mmsa", "acc7_mmsa",
                    "mae_mmsa", "corr_mmsa"),
              1.0: ("acc2_mmsa", "acc3_mmsa", "acc5_mmsa", "f1_mmsa", "mae_mmsa", "corr_mmsa")}

@@ -41,7 +41,6 @@ seeds and tested once: `variants: {tuned: [<best.yaml's overrides>]}`.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -136,7 +135,7 @@ def _block(entry: object, where: str, p: Path) -> dict:
     if not isinstance(variants, dict):
         raise ConfigError(f"{where}.variants maps a variant name to its overrides, not {variants!r}", p)
     names = [str(k) if k is not None else "" for k in variants]
-    bad = [n for n in names if n and not re.fullmatch(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*", n)]
+    bad = [n for n in names if n and (safe_name(n) != n or n[0] in ".-")]  # a folder name, not a path or flag
     if bad or len(set(names)) != len(names):
         raise ConfigError(f"{where}.variants: {bad[0]!r} is not a variant name (letters, digits, _ . + -; it "
                           "names the run folder)" if bad else f"{where}.variants: two names for the plain model "
@@ -163,7 +162,8 @@ def check_cells(spec: dict, p: Path) -> None:
                                   f"{os.getcwd()})", p)
         for c in expand({**spec, "grid": [entry]}):
             key = (c.model, c.dataset, c.task, c.preset, tuple(c.overrides), c.variant)
-            run, (j, other) = c.run_dir(Path(".")), folders.setdefault(c.run_dir(Path(".")), (i, key))
+            run = c.run_dir(Path("."))
+            j, other = folders.setdefault(run, (i, key))
             if other != key:  # the second cell would find the first one's finished run and never train
                 raise ConfigError(f"grid[{j}] and grid[{i}] both write {run} with other settings: give one of "
                                   "them a variant name", p)

@@ -50,14 +50,14 @@ from ..config import check_keys, read_yaml
 from ..data.registry import reader_of
 from ..errors import ConfigError, DynafuseError
 from ..files import atomic_write_csv, atomic_write_json, atomic_write_text, safe_name
-from ..metrics import METRIC_KEYS, MMSA_KEYS, lower_is_better
+from ..metrics import CLASS_KEYS, METRIC_KEYS, MMSA_KEYS, lower_is_better
 from ..training import RunDir, build_config
 from .runner import TASKS, Cell, overrides_list, ray_session, run_cell
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 SEARCH_BACKENDS = ("optuna", "ray")
-CLASS_METRICS = ("acc3", "f1_3")  # what the 3-class task computes (metrics.compute_class_metrics)
-METRICS = tuple(dict.fromkeys(k for k in (*METRIC_KEYS, "f1_3", *MMSA_KEYS[3.0], *MMSA_KEYS[1.0]) if k != "n"))
+REGRESSION_METRICS = tuple(dict.fromkeys(k for k in (*METRIC_KEYS, *MMSA_KEYS[3.0], *MMSA_KEYS[1.0]) if k != "n"))
+METRICS = tuple(dict.fromkeys((*REGRESSION_METRICS, *CLASS_KEYS)))
 SEARCH_KEYS = ("model", "dataset", "out", "trials", "seed", "metric", "overrides", "task", "backend", "workers",
                "gpus_per_trial", "space")
 
@@ -101,7 +101,7 @@ def load_search(path: str | Path) -> dict:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, not {spec['task']!r}", p)
     if spec["metric"] not in METRICS:
         raise ConfigError(f"metric {spec['metric']!r} is not a metric; choose one of {', '.join(METRICS)}", p)
-    computed = CLASS_METRICS if spec["task"] == "3class" else [m for m in METRICS if m != "f1_3"]
+    computed = CLASS_KEYS if spec["task"] == "3class" else REGRESSION_METRICS
     if spec["metric"] not in computed:  # else found out only once a trial has trained
         raise ConfigError(f"metric {spec['metric']!r} is not computed in the {spec['task']} task; choose one of "
                           + ", ".join(computed), p)

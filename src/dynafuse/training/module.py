@@ -10,7 +10,7 @@ from .. import losses
 from ..config import TrainConfig
 from ..data.corrupt import modality_dropout
 from ..errors import DynafuseError
-from ..metrics import lower_is_better, score_metrics
+from ..metrics import CLASS_KEYS, lower_is_better, score_metrics
 from ..models import MSAModel
 from ..models.blocks import is_lora_weight
 
@@ -78,7 +78,7 @@ class LitMSA(L.LightningModule):
 
     def monitor_key(self) -> str:
         key = self.train_cfg.monitor
-        if key == "auto" or (self.model.task == "3class" and key not in ("acc3", "f1_3")):
+        if key == "auto" or (self.model.task == "3class" and key not in CLASS_KEYS):
             key = "mae" if self.model.task == "regression" else "acc3"
         return key
 
