@@ -881,3 +881,14 @@ def test_score_table_without_mode_or_unused_columns_reads(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset("simsv2-scores", scores_dir(tmp_path / "b", text), text_source="pred_t")
     one_line(e, "missing columns ['pred_t']")
+
+
+def test_first_line_of_any_error_message():
+    """Every one-line error quotes an exception's first line: an empty message gives the type name (Ray and
+    torch can raise those) instead of an IndexError, and a paragraph is cut to the width."""
+    from dynafuse.errors import first_line
+    assert first_line(RuntimeError("")) == "RuntimeError"
+    assert first_line(RuntimeError("\n  \nsecond")) == "RuntimeError"
+    assert first_line(ValueError("top\nmore")) == "top"
+    long = first_line(OSError("x" * 500), width=40)
+    assert len(long) == 40 and long.endswith("...")

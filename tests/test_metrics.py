@@ -179,6 +179,18 @@ def test_aggregate_and_format():
     json.dumps(single, allow_nan=False)
 
 
+def test_aggregate_counts_a_diverged_seed_instead_of_averaging_it():
+    """A seed whose metric is NaN (a run that diverged, or a metrics.json written by hand) is left out of the mean
+    and named, instead of turning the whole cell into "nan ± nan"."""
+    agg = aggregate([{"mae": 0.5}, {"mae": float("nan")}, {"mae": 0.7}])
+    assert agg["mae"] == {"mean": approx(0.6), "std": approx(0.1414, abs=1e-4), "n": 2, "non_finite": 1}
+    assert format_mean_std(agg, "mae", 3) == "0.600 ± 0.141 (1 seed NaN/Inf)"
+    one = aggregate([{"mae": 0.5}, {"mae": float("inf")}])
+    assert format_mean_std(one, "mae", 3) == "0.500 (1 seed; 1 seed NaN/Inf)"
+    none = aggregate([{"mae": float("nan")}, {"mae": float("nan")}])
+    assert format_mean_std(none, "mae", 3) == "undefined (2 seeds NaN/Inf)"
+
+
 @pytest.mark.parametrize(
     "pred, label",
     [

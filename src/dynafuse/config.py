@@ -29,7 +29,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 PRESETS = resources.files("dynafuse") / "configs"
 
@@ -242,7 +242,7 @@ def read_yaml(path, what: str = "a config file") -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(f"invalid YAML ({where}{getattr(e, 'problem', None) or str(e).splitlines()[0]})",
+        raise ConfigError(f"invalid YAML ({where}{getattr(e, 'problem', None) or first_line(e)})",
                           path) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read ({e})", path) from None
@@ -302,7 +302,7 @@ def _keys(node) -> list[str]:
 def _explain(e: OmegaConfBaseException, base: DictConfig) -> str:
     """OmegaConf's error as one line: the dotted key, what is wrong, and the closest valid keys for a typo."""
     key = getattr(e, "full_key", None) or ""
-    first = str(e).splitlines()[0]
+    first = first_line(e, width=400)
     if type(e).__name__ in ("ConfigKeyError", "ConfigAttributeError") and key:
         *parents, leaf = key.split(".")
         node = base

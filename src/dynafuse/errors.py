@@ -22,6 +22,13 @@ class ConfigError(DynafuseError):
     """A configuration that cannot work (unknown name, wrong key, mismatched checkpoint)."""
 
 
+def first_line(e: BaseException, width: int = 120) -> str:
+    """An exception's first line, at most `width` characters (torch's and Ray's messages run to paragraphs); the
+    exception's type name when its message is empty."""
+    line = next(iter(str(e).splitlines()), "").strip() or type(e).__name__
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
 def warn(problem: str, path: object | None = None) -> None:
     """One warning line on stderr (`dynafuse: warning: PATH: problem`) for bad input that was skipped or repaired:
     the command goes on and the user sees what it did."""

@@ -274,7 +274,8 @@ def confusion(pred, label, n_levels: int = 7, value_range: float = 3.0) -> np.nd
 
 
 def aggregate(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
-    """Mean, sample std (ddof=1; 0.0 for a single row) and count `n` of every numeric key shared by all rows."""
+    """Mean, sample std (ddof=1; 0.0 for a single row) and count `n` of every numeric key shared by all rows,
+    over its finite values; `non_finite` counts the rows whose value was NaN or Inf (a diverged seed), when any."""
     if not rows:
         raise ValueError("aggregate needs at least one row")
 
@@ -284,18 +285,25 @@ def aggregate(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
     keys = [k for k in rows[0] if all(k in r and numeric(r[k]) for r in rows)]
     agg = {}
     for k in keys:
-        vals = np.array([float(r[k]) for r in rows])
+        every = np.array([float(r[k]) for r in rows])
+        vals = every[np.isfinite(every)]  # a diverged seed's NaN is counted as such, not averaged into the rest
         std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-        agg[k] = {"mean": float(np.mean(vals)), "std": std, "n": len(vals)}
+        agg[k] = {"mean": float(np.mean(vals)) if len(vals) else float("nan"), "std": std, "n": len(vals)}
+        if len(vals) < len(every):
+            agg[k]["non_finite"] = len(every) - len(vals)
     return agg
 
 
 def format_mean_std(agg: dict[str, dict[str, float]], key: str, digits: int = 2) -> str:
     """E.g. ``"83.40 ± 0.52"`` for ``agg[key]``; ``"83.40 (1 seed)"`` for a single value, whose std of 0 would read
-    as a measured spread."""
+    as a measured spread; ``"83.40 ± 0.52 (1 seed NaN/Inf)"`` when a seed's value was not finite, ``"undefined
+    (...)"`` when none was."""
     if key not in agg:
         raise ValueError(f"unknown metric {key!r}; have {sorted(agg)}")
     m = agg[key]
+    bad = f"{m['non_finite']} seed{'s' * (m['non_finite'] > 1)} NaN/Inf" if m.get("non_finite") else ""
+    if m.get("n") == 0:
+        return f"undefined ({bad})"
     if m.get("n") == 1:
-        return f"{m['mean']:.{digits}f} (1 seed)"
-    return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}"
+        return f"{m['mean']:.{digits}f} (1 seed{'; ' + bad if bad else ''})"
+    return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}" + (f" ({bad})" if bad else "")

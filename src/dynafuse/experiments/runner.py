@@ -52,7 +52,7 @@ from pathlib import Path
 from ..analysis.report import write_report
 from ..config import check_keys, read_yaml
 from ..data.registry import reader_of
-from ..errors import ConfigError, DynafuseError
+from ..errors import ConfigError, DynafuseError, first_line
 from ..files import safe_name
 from ..training import RunDir, build_config
 
@@ -317,7 +317,7 @@ def _ray_results(jobs: list[tuple], workers: int, cpus_per_cell: float, gpus_per
             try:
                 yield ray.get(done[0])
             except ray.exceptions.RayError as e:  # the task itself died (worker killed, node lost): a failed cell
-                print(f"ray: {type(e).__name__}: {str(e).splitlines()[0]}", file=sys.stderr)
+                print(f"ray: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
                 yield cell_of[done[0]], "ray task", -1, 0.0
 
 

@@ -37,7 +37,7 @@ from ..config import count_or_auto, dump, stage_train, to_dict
 from ..data import Bundle, SplitDataset, load_dataset
 from ..data.core import MODALITIES, fill_missing
 from ..data.text import attach_text, backbone_depth
-from ..errors import ConfigError, DynafuseError
+from ..errors import ConfigError, DynafuseError, first_line
 from ..files import atomic_write, atomic_write_csv
 from ..metrics import ordinal_stats, score_metrics
 from ..models import create_model, model_entry
@@ -328,11 +328,6 @@ def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict:
     except (EOFError, RuntimeError, KeyError, TypeError, ValueError, OSError) as e:
         raise DynafuseError(f"corrupt or truncated checkpoint ({type(e).__name__}: {first_line(e)})", path) from None
 
-
-def first_line(e: Exception, width: int = 120) -> str:
-    """An exception's first line, at most `width` characters (torch's messages run to paragraphs)."""
-    line = next(iter(str(e).splitlines()), "").strip() or type(e).__name__
-    return line if len(line) <= width else line[:width - 3] + "..."
 
 
 def load_weights(lit: LitMSA, path: Path, strict: bool = True, allow_pickle: bool = False) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from filelock import FileLock, Timeout
 
-from ..errors import ConfigError, DataError, DynafuseError
+from ..errors import ConfigError, DataError, DynafuseError, first_line
 from ..files import atomic_write_json, atomic_write_text, safe_name
 
 CONFIG, INFO, METRICS, ORDINAL, PREDICTIONS = "config.yaml", "run.json", "metrics.json", "ordinal.json", "predictions.csv"
@@ -84,7 +84,7 @@ class RunDir:
         try:
             cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
-            raise DataError(f"invalid YAML ({str(e).splitlines()[0]})", p) from None
+            raise DataError(f"invalid YAML ({first_line(e)})", p) from None
         if not isinstance(cfg, dict):
             raise DataError("config.yaml must hold a mapping of sections", p)
         return cfg
