@@ -47,7 +47,7 @@ def main() -> None:
             lines.append(f"| {dataset}{'' if task == 'regression' else f' ({task})'} | {label((b or n))} | {k} | "
                          f"{show[0]} | {show[1]} |")
     if waiting:
-        lines += ["", f"Not retrained yet (their before numbers are in `{a.before}`): {', '.join(waiting)}."]
+        lines += ["", f"Not rerun (only in `{a.before}`): {', '.join(waiting)}."]
     md = "\n".join(lines) + "\n"
     atomic_write_text(Path(a.out).with_suffix(".md"), md)
     print(md)
