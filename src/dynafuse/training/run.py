@@ -329,7 +329,6 @@ def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict:
         raise DynafuseError(f"corrupt or truncated checkpoint ({type(e).__name__}: {first_line(e)})", path) from None
 
 
-
 def load_weights(lit: LitMSA, path: Path, strict: bool = True, allow_pickle: bool = False) -> None:
     """Load a checkpoint's weights into `lit` (tensors only: nothing in the file is executed)."""
     try:
