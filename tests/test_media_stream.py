@@ -79,6 +79,23 @@ def test_no_window_is_shorter_than_a_vision_frame():
     assert all(w.start <= x.start for w in windows for x in w.transcript.words)
 
 
+@pytest.mark.parametrize("late", [0.5, 3.0])
+def test_words_timed_past_the_clip_end_or_out_of_order_keep_windows_inside(late):
+    """Synthetic timing as an ASR may give it on a stream-copied cut: the last 60 words start up to `late` s past
+    the clip's 10 s end, and two are out of order. Windows still tile [0, 10] in order, each at least one 5 fps
+    frame (0.2 s) long, and every word is scored once."""
+    text = " ".join(f"w{i} unbelievably" for i in range(80))
+    words = even_words(split_words(text), (0.0, 10.0))
+    words[-60:] = [Word(w.text, 10.0 + late * k / 60, 10.0 + late * (k + 1) / 60) for k, w in enumerate(words[-60:])]
+    words[30], words[31] = Word(words[30].text, 6.0, 6.1), Word(words[31].text, 2.0, 2.1)
+    clip = ClipFrames("synthetic.mp4", Transcript(text, words), {}, 10.0, {})
+    windows = FeaturePipeline({"asr": {"model": None}}).windows(clip)
+    assert len(windows) >= 4 and windows[0].start == 0.0 and windows[-1].end == 10.0
+    assert all(a.end == b.start for a, b in zip(windows, windows[1:]))
+    assert all(w.end - w.start >= 0.2 - 1e-9 for w in windows)
+    assert [x.text for w in windows for x in w.transcript.words] == split_words(text)
+
+
 def test_unaligned_windows_also_fit_max_frames():
     """Unaligned layout, audio max_frames 200 at 100 Hz: no window longer than 2 s, even across a pause."""
     words = [Word("hello", 0.5, 0.9), Word("there", 1.0, 1.4), Word("again", 9.0, 9.5)]
@@ -133,6 +150,24 @@ def test_asr_in_segments_keeps_every_word_in_order(speech, monkeypatch):
     starts = [w.start for w in heard.words]
     assert starts == sorted(starts) and heard.words[-1].end > 9.0  # times run over the whole signal
     assert heard.logprob > asr.MIN_LOGPROB and 0 < heard.word_probability <= 1
+
+
+def test_asr_words_timed_past_the_audio_are_kept_inside_it(monkeypatch):
+    """Whisper pads a segment to 30 s and may time a word past the audio it was given; a stand-in model (no
+    whisper run) times two words at 0.8-1.6 s and 1.7-1.9 s of a 1 s segment: both end up inside [0, 1] s."""
+    from types import SimpleNamespace
+
+    from dynafuse.media import asr
+
+    words = [SimpleNamespace(word=" late", start=0.8, end=1.6, probability=0.9),
+             SimpleNamespace(word=" later", start=1.7, end=1.9, probability=0.9)]
+    segment = SimpleNamespace(tokens=[1, 2], avg_logprob=-0.2, words=words)
+    model = SimpleNamespace(transcribe=lambda *a, **k: ([segment], None))
+    monkeypatch.setattr(asr, "load_model", lambda name: model)
+    stream = asr.AsrStream()
+    stream.audio(np.full(SR, 0.1, np.float32))
+    heard = stream.finish()
+    assert [(w.text, w.start, w.end) for w in heard.words] == [("late", 0.8, 1.0), ("later", 1.0, 1.0)]
 
 
 def test_mandarin_transcript_is_timed_per_character(media_clips):

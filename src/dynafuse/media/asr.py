@@ -152,6 +152,7 @@ class AsrStream:
     def _segment(self, x: np.ndarray) -> None:
         start = self.offset / self.sample_rate
         self.offset += len(x)
+        stop = self.offset / self.sample_rate
         if len(x) < self.sample_rate // 100 or not np.abs(x).max() > 0:
             return
         language = "en" if self.model.endswith(".en") else None
@@ -164,9 +165,11 @@ class AsrStream:
             self.logprob_sum += seg.avg_logprob * n
             for w in seg.words or []:
                 self.probabilities.append(float(w.probability))
+                # whisper pads the segment to 30 s and may time a word past the audio: keep it inside
+                a = min(max(start + float(w.start), start), stop)
+                b = min(max(start + float(w.end), a), stop)
                 # a whisper "word" may hold several pieces: each gets the word's times
-                self.words += [Word(piece, start + float(w.start), start + float(max(w.end, w.start)))
-                               for piece in split_words(w.word)]
+                self.words += [Word(piece, a, b) for piece in split_words(w.word)]
 
 
 def quietest_cut(x: np.ndarray, sample_rate: int, search: int) -> int:

@@ -264,14 +264,17 @@ class FeaturePipeline:
         return out
 
     def _spread(self, starts: list[float], duration: float) -> list[float]:
-        """Window starts (seconds) pulled back so that each window lasts at least one frame period of the slowest
-        extractor: an ASR may time the last words at the clip's very end, which would leave a window of ~0 s with
-        no audio or vision frame. The words stay in their window; only the frames it reads move."""
-        gap = max((1.0 / ext.rate for ext in self.extractors.values()), default=0.0)
-        out, end = list(starts), duration
-        for k in range(len(out) - 1, 0, -1):
-            out[k] = max(min(out[k], end - gap), out[k - 1] + gap)
-            end = out[k]
+        """Window starts (seconds), non-decreasing inside [0, duration], each window lasting at least one frame
+        period of the slowest extractor. An ASR may time the last words at the clip's very end, or past it when
+        the audio stream outlasts the clip (a stream-copied cut), or out of order; such a window would read no
+        audio or vision frame. The words stay in their window; only the frames it reads move. A clip too short
+        for one frame period a window shares its duration evenly."""
+        n = len(starts)
+        gap = min(max((1.0 / ext.rate for ext in self.extractors.values()), default=0.0), duration / max(n, 1))
+        # room for the k windows before and the n - k from here on, then a forward pass for order
+        out = [min(max(s, k * gap), duration - (n - k) * gap) for k, s in enumerate(starts)]
+        for k in range(1, n):
+            out[k] = max(out[k], out[k - 1] + gap)
         return out
 
     def _layout(self, transcript: Transcript, frames, span: tuple[float, float], modality: str) -> np.ndarray:
