@@ -81,8 +81,8 @@ def test_no_window_is_shorter_than_a_vision_frame():
 
 @pytest.mark.parametrize("late", [0.5, 3.0])
 def test_words_timed_past_the_clip_end_or_out_of_order_keep_windows_inside(late):
-    """Synthetic timing as an ASR may give it on a stream-copied cut: the last 60 words start up to `late` s past
-    the clip's 10 s end, and two are out of order. Windows still tile [0, 10] in order, each at least one 5 fps
+    """Synthetic timing: the last 60 words start up to `late` s past the clip's 10 s end (as whisper timed words
+    on the CI machine), and two are out of order. Windows still tile [0, 10] in order, each at least one 5 fps
     frame (0.2 s) long, and every word is scored once."""
     text = " ".join(f"w{i} unbelievably" for i in range(80))
     words = even_words(split_words(text), (0.0, 10.0))

@@ -265,10 +265,10 @@ class FeaturePipeline:
 
     def _spread(self, starts: list[float], duration: float) -> list[float]:
         """Window starts (seconds), non-decreasing inside [0, duration], each window lasting at least one frame
-        period of the slowest extractor. An ASR may time the last words at the clip's very end, or past it when
-        the audio stream outlasts the clip (a stream-copied cut), or out of order; such a window would read no
-        audio or vision frame. The words stay in their window; only the frames it reads move. A clip too short
-        for one frame period a window shares its duration evenly."""
+        period of the slowest extractor. An ASR may time the last words at the clip's very end, or past it, or
+        out of order (a given transcript's times are not checked either); such a window would read no audio or
+        vision frame. The words stay in their window; only the frames it reads move. When the clip is shorter
+        than one frame period per window, the windows share its duration evenly."""
         n = len(starts)
         gap = min(max((1.0 / ext.rate for ext in self.extractors.values()), default=0.0), duration / max(n, 1))
         # room for the k windows before and the n - k from here on, then a forward pass for order
