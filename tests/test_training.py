@@ -68,7 +68,8 @@ def test_three_class_task(data_dir, tmp_path):
 
 def test_resume_after_kill_reproduces_the_unkilled_run(data_dir, tmp_path):
     """Killed (SIGKILL) after 2 epochs and resumed, a run ends with exactly the metrics of the same run never killed:
-    every random state (data order, dropout) comes back from the checkpoint."""
+    every random state (data order, dropout) comes back from the checkpoint. Its `metrics.csv` keeps the epochs
+    logged before the kill (Lightning's CSV logger would delete them), each epoch once."""
     out = tmp_path / "run"
     args = ["train", "--model", "early_fusion", "--dataset", "mosi", "--out", str(out), "--data-dir", str(data_dir),
             "train.progress=false", "train.max_epochs=8", "train.patience=100"]
@@ -93,6 +94,7 @@ def test_resume_after_kill_reproduces_the_unkilled_run(data_dir, tmp_path):
     assert json.loads((out / "metrics.json").read_text()) == json.loads((tmp_path / "unkilled/metrics.json").read_text())
     info = json.loads((out / "run.json").read_text())
     assert info["stages"]["main"]["epochs"] == 8
+    assert _valid_curve(out) == _valid_curve(tmp_path / "unkilled") and len(_valid_curve(out)) == 8
     # its timing counts the killed session's epochs as well as the resumed ones
     assert before > 0 and info["stages"]["main"]["seconds"] > before and info["train_seconds"] > before
 
@@ -212,6 +214,14 @@ def test_disk_full_names_the_file_being_written(tmp_path, monkeypatch):
 def _clock_seconds(ckpt: Path) -> float:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["callbacks"]
     return next(v["seconds"] for k, v in state.items() if "FitClock" in k)
+
+
+def _valid_curve(run: Path) -> list[tuple[str, str]]:
+    """(epoch, valid MAE) per logged validation row of a run's metrics.csv."""
+    import csv
+
+    with open(run / "logs" / "main" / "metrics.csv", newline="") as f:
+        return [(r["epoch"], r["valid/mae"]) for r in csv.DictReader(f) if r.get("valid/mae")]
 
 
 def _epochs_logged(run: Path) -> int:

@@ -8,6 +8,7 @@ metrics and predictions through the one prediction path.
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import count_or_auto, dump, stage_train, to_dict
@@ -236,6 +239,43 @@ class FitClock(Callback):
         self.before = float(state.get("seconds", 0.0))
 
 
+class KeptHistory(ExperimentWriter):
+    """Lightning's CSV writer (`logs/<stage>/metrics.csv`) for a resumed run: it keeps the rows of the epochs
+    0..`done_epoch` that the checkpoint has done, where Lightning's own deletes the file, and a run killed and
+    resumed would keep only its last session's curve. Rows of later epochs (logged after the checkpoint, before
+    the kill) are dropped: the resumed run logs them again. The kept rows are rewritten atomically."""
+
+    def __init__(self, log_dir: str, done_epoch: int):
+        self.done_epoch = done_epoch
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # Lightning calls it once, from __init__, to delete metrics.csv
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [r for r in reader if r.get("epoch", "").isdigit() and int(r["epoch"]) <= self.done_epoch]
+            keys = list(reader.fieldnames or [])
+        atomic_write_csv(self.metrics_file_path, rows, keys)
+        self.metrics_keys = sorted(keys)  # Lightning appends below this header, widening it if a key is new
+
+
+class RunLogger(CSVLogger):
+    """Lightning's CSV logger into `logs/<stage>/`; resuming from a checkpoint of epoch `done_epoch`, it keeps
+    the epochs logged before the kill (`KeptHistory`)."""
+
+    def __init__(self, save_dir: str | Path, stage: str, done_epoch: int | None = None):
+        super().__init__(save_dir, name="logs", version=stage)
+        self.done_epoch = done_epoch
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None and self.done_epoch is not None and rank_zero_only.rank == 0:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = KeptHistory(self.log_dir, self.done_epoch)
+        return super().experiment
+
+
 class Bar(RichProgressBar):
     """Lightning's rich bar (on stderr, beside the other progress), without `v_num`: our logger's version is the
     stage name, which the bar cuts to `v_num: sion`."""
@@ -280,8 +320,8 @@ class EpochLines(Callback):
             self.lines.print(final=True)
 
 
-def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA,
-             stage: str) -> tuple[L.Trainer, ModelCheckpoint, FitClock]:
+def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA, stage: str,
+             resume_from: Path | None = None) -> tuple[L.Trainer, ModelCheckpoint, FitClock]:
     t = lit.train_cfg
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="valid_score", mode=lit.monitor_mode(),
                            save_top_k=1, save_last=True, enable_version_counter=False)
@@ -298,13 +338,21 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA,
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision, deterministic=True, gradient_clip_val=t.grad_clip or None, callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], logger=CSVLogger(run.path, name="logs", version=stage),
+        plugins=[AtomicCheckpointIO()], logger=RunLogger(run.path, stage, checkpoint_epoch(resume_from)),
         enable_progress_bar=bar, enable_model_summary=False, num_sanity_val_steps=0,
         # metrics are logged per epoch only (on_step=False): a step interval of 1 never writes a step row, and
         # it keeps Lightning from warning that an epoch has fewer batches than the interval
         log_every_n_steps=1,
     )
     return trainer, ckpt, clock
+
+
+def checkpoint_epoch(path: Path | None) -> int | None:
+    """The epoch (0-based) a Lightning checkpoint was saved at, read without loading its tensors (mmap), or
+    None without a checkpoint."""
+    if path is None:
+        return None
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["epoch"])
 
 
 def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict:
@@ -450,11 +498,12 @@ def _train(cfg: DictConfig, run: RunDir, resume: bool, force: bool, first: bool 
             earlier += info["stages"][stage].get("seconds", 0.0)
             load_weights(lit, run.resolve(info["stages"][stage]["best"]))
             continue
-        trainer, ckpt, clock = _trainer(cfg, ckpt_dir, run, lit, stage)
         last = ckpt_dir / "last.ckpt"
+        resume_from = last if resume and last.exists() else None
+        trainer, ckpt, clock = _trainer(cfg, ckpt_dir, run, lit, stage, resume_from)
         try:
             trainer.fit(lit, loader(data, "train", cfg, True), loader(data, "valid", cfg, False),
-                        ckpt_path=str(last) if resume and last.exists() else None, weights_only=True)
+                        ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
         except SystemExit:  # Lightning ends a Ctrl-C with sys.exit(1): say it was an interrupt instead
             if trainer.interrupted:
                 signal.signal(signal.SIGINT, signal.default_int_handler)

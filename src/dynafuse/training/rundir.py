@@ -4,7 +4,7 @@ A run folder holds
 - `config.yaml`: the resolved, typed config (complete: it rebuilds the same run);
 - `checkpoints/[<stage>/]{best,last}.ckpt` and `done.json` per finished stage (paths relative to the folder, so a
   run moves between clones and machines);
-- `logs/<stage>/metrics.csv` (Lightning's CSV logger);
+- `logs/<stage>/metrics.csv` (Lightning's CSV logger; a resumed run keeps the epochs before its kill);
 - `metrics.json` (`{"valid": {...}, "test": {...}}`), `ordinal.json`, `predictions.csv`;
 - `run.json`: timing, sizes, selection, feature spec. It is written last, in one atomic rename, and its presence
   is THE fact that the run finished: training, evaluation, the runner and the reports all ask `finished`;
