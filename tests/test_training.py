@@ -217,20 +217,18 @@ def _clock_seconds(ckpt: Path) -> float:
 
 
 def _valid_curve(run: Path) -> list[tuple[str, str]]:
-    """(epoch, valid MAE) per logged validation row of a run's metrics.csv."""
+    """(epoch, valid MAE) per logged validation row of a run's metrics.csv (none before the file exists)."""
+    f = run / "logs" / "main" / "metrics.csv"
+    if not f.exists():
+        return []
     import csv
 
-    with open(run / "logs" / "main" / "metrics.csv", newline="") as f:
-        return [(r["epoch"], r["valid/mae"]) for r in csv.DictReader(f) if r.get("valid/mae")]
+    with open(f, newline="") as rows:
+        return [(r["epoch"], r["valid/mae"]) for r in csv.DictReader(rows) if r.get("valid/mae")]
 
 
 def _epochs_logged(run: Path) -> int:
-    f = run / "logs" / "main" / "metrics.csv"
-    if not f.exists():
-        return 0
-    import csv
-
-    return len({r["epoch"] for r in csv.DictReader(open(f)) if r.get("valid/mae")})
+    return len({epoch for epoch, _ in _valid_curve(run)})
 
 
 def test_ddp_two_cpu_processes(data_dir, tmp_path):

@@ -321,7 +321,7 @@ class EpochLines(Callback):
 
 
 def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA, stage: str,
-             resume_from: Path | None = None) -> tuple[L.Trainer, ModelCheckpoint, FitClock]:
+             done_epoch: int | None = None) -> tuple[L.Trainer, ModelCheckpoint, FitClock]:
     t = lit.train_cfg
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="valid_score", mode=lit.monitor_mode(),
                            save_top_k=1, save_last=True, enable_version_counter=False)
@@ -338,7 +338,7 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA, stage: s
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision, deterministic=True, gradient_clip_val=t.grad_clip or None, callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], logger=RunLogger(run.path, stage, checkpoint_epoch(resume_from)),
+        plugins=[AtomicCheckpointIO()], logger=RunLogger(run.path, stage, done_epoch),
         enable_progress_bar=bar, enable_model_summary=False, num_sanity_val_steps=0,
         # metrics are logged per epoch only (on_step=False): a step interval of 1 never writes a step row, and
         # it keeps Lightning from warning that an epoch has fewer batches than the interval
@@ -347,18 +347,11 @@ def _trainer(cfg: DictConfig, ckpt_dir: Path, run: RunDir, lit: LitMSA, stage: s
     return trainer, ckpt, clock
 
 
-def checkpoint_epoch(path: Path | None) -> int | None:
-    """The epoch (0-based) a Lightning checkpoint was saved at, read without loading its tensors (mmap), or
-    None without a checkpoint."""
-    if path is None:
-        return None
-    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["epoch"])
-
-
-def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict:
+def read_checkpoint(path: Path, allow_pickle: bool = False, mmap: bool = False) -> dict:
     """A checkpoint's contents, read without executing anything in it (torch's weights-only loader: tensors and
     plain values, which is all dynafuse writes). A file that holds other objects (a pickle payload) is refused
-    unless `allow_pickle` (the user trusts it)."""
+    unless `allow_pickle` (the user trusts it). `mmap` maps the tensors instead of reading them, for a caller
+    that wants only a plain value (e.g. the epoch)."""
     if not Path(path).exists():
         raise DynafuseError("no such checkpoint", path)
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut or overwritten file is not one
@@ -366,7 +359,7 @@ def read_checkpoint(path: Path, allow_pickle: bool = False) -> dict:
         raise DynafuseError("empty checkpoint (0 bytes)" if size == 0 else f"corrupt or truncated checkpoint ({size} "
                             "bytes that are not a torch zip archive)", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=mmap)
     except pickle.UnpicklingError as e:
         if not allow_pickle and "Weights only load failed" in str(e):  # something other than plain data in it
             raise DynafuseError("refusing to load it: it holds objects other than weights, which would run code "
@@ -500,7 +493,8 @@ def _train(cfg: DictConfig, run: RunDir, resume: bool, force: bool, first: bool 
             continue
         last = ckpt_dir / "last.ckpt"
         resume_from = last if resume and last.exists() else None
-        trainer, ckpt, clock = _trainer(cfg, ckpt_dir, run, lit, stage, resume_from)
+        done_epoch = int(read_checkpoint(resume_from, mmap=True)["epoch"]) if resume_from else None
+        trainer, ckpt, clock = _trainer(cfg, ckpt_dir, run, lit, stage, done_epoch)
         try:
             trainer.fit(lit, loader(data, "train", cfg, True), loader(data, "valid", cfg, False),
                         ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
